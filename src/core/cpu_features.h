@@ -1,0 +1,23 @@
+// What SIMD the CPU we run on has, read once with cpuid (kernels are chosen at run time).
+#pragma once
+
+#include <string>
+
+namespace kiln {
+
+struct CpuFeatures {
+  bool avx2 = false;
+  bool fma = false;
+  bool f16c = false;
+  bool avx512f = false;
+  bool avx512bw = false;
+  bool avx512vl = false;
+  bool avx512_bf16 = false;
+  bool avx512_vnni = false;
+  std::string to_string() const;
+};
+
+// Features of this CPU; KILN_CPU_ISA=scalar|avx2|avx512 caps what kernels may use (for tests).
+const CpuFeatures& cpu_features();
+
+}  // namespace kiln

@@ -1,0 +1,48 @@
+// A fixed pool of worker threads for data-parallel loops inside one forward pass.
+// The calling thread takes part, so a pool of N threads runs N-1 workers.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace kiln {
+
+class ThreadPool {
+ public:
+  // num_threads <= 0 means one per available core.
+  explicit ThreadPool(int num_threads = 0);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Calls fn(thread_index, num_threads) once on every thread and waits for all.
+  // Not reentrant: fn must not call run() on the same pool.
+  void run(const std::function<void(int, int)>& fn);
+
+  // Splits [0, n) into contiguous chunks, one per thread: fn(begin, end).
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
+
+  // Shared pool sized from KILN_NUM_THREADS or the core count.
+  static ThreadPool& global();
+
+ private:
+  void worker_loop(int index);
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_start_;
+  std::condition_variable cv_done_;
+  const std::function<void(int, int)>* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+};
+
+}  // namespace kiln
