@@ -1,0 +1,127 @@
+// The backend interface: the few ops a Llama-family forward needs, over backend-owned memory.
+// The model's forward (model/llama_model.cpp) is written once against this; CPU and CUDA are peers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+
+namespace kiln {
+
+// Memory owned by a backend (host memory on the CPU, device memory on a GPU).
+struct DeviceBuffer {
+  std::shared_ptr<void> mem;
+  size_t bytes = 0;
+  Tensor view(DType dtype, Shape shape) const {
+    Tensor t{mem.get(), dtype, shape};
+    KILN_CHECK(t.nbytes() <= bytes, "view larger than buffer");
+    return t;
+  }
+};
+
+// A linear layer's weight W [out_features, in_features], pre-packed at build time in the layout
+// the backend's GEMM wants (`data` holds the packed bytes).
+struct LinearWeight {
+  Tensor data;
+  DType dtype = DType::kF32;
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+};
+
+// Paged KV cache storage for one layer: K and V pools, each [num_blocks, num_kv_heads, block_size, head_dim].
+struct KvLayer {
+  Tensor k, v;
+};
+
+struct KvCacheSpec {
+  int num_layers = 0;
+  int num_blocks = 0;
+  int block_size = 64;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  DType dtype = DType::kF32;
+  size_t bytes_per_block() const;  // K and V of every layer
+};
+
+struct KvStorage {
+  KvCacheSpec spec;
+  std::vector<KvLayer> layers;
+  std::vector<DeviceBuffer> buffers;  // owns the memory behind `layers`
+};
+
+// One sequence's part of a flattened token batch.
+struct SequenceView {
+  int32_t first_token = 0;  // index of its first new token in the batch
+  int32_t num_new = 0;      // tokens it adds in this forward
+  int32_t context_len = 0;  // tokens in its KV after this forward; new tokens sit at [context_len - num_new, context_len)
+  std::span<const int32_t> block_table;  // physical block of each logical KV block
+};
+
+struct AttentionBatch {
+  std::vector<SequenceView> seqs;
+  int32_t num_tokens = 0;
+  int32_t block_size = 0;
+};
+
+struct QkvLayout {
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int rotary_dim = 0;                // leading dims of each head that RoPE rotates (rotate-half pairs)
+  float norm_eps = 0;                // per-head RMSNorm of q and k (Qwen3), when the weights are given
+  const Tensor* q_norm = nullptr;    // [head_dim] or null
+  const Tensor* k_norm = nullptr;    // [head_dim] or null
+};
+
+struct AttentionParams {
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  float scale = 0;       // softmax scale, usually 1/sqrt(head_dim)
+  int32_t window = 0;    // sliding window in tokens (a query sees keys p - window < j <= p); 0 = none
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // --- memory
+  virtual Result<DeviceBuffer> allocate(size_t bytes) = 0;
+  virtual void upload(const void* host, const Tensor& dst) = 0;
+  virtual void download(const Tensor& src, void* host) = 0;
+  // Makes a backend tensor of host data that stays valid for the backend's life (weights):
+  // the CPU may use `host` in place (e.g. an mmap'd engine file); a GPU copies it.
+  virtual Result<Tensor> adopt_weight(const Tensor& host, std::shared_ptr<void> keep_alive) = 0;
+  virtual Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) = 0;
+
+  // --- ops (activations are f32 on the CPU backend)
+  // out[t, :] = table[ids[t], :]                    table [vocab, hidden], ids [T] i32, out [T, hidden]
+  virtual void embedding(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
+  // out = x / rms(x) * weight, row-wise            x, out [rows, dim], weight [dim]
+  virtual void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
+  // residual += delta; out = rmsnorm(residual)     [rows, dim]
+  virtual void add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out) = 0;
+  // y = x W^T + bias                                x [T, in], y [T, out], bias [out] or null
+  virtual void linear(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& y) = 0;
+  // Splits qkv [T, (H + 2*KVH) * D] into q_out [T, H * D] and the layer's KV cache slots of each token:
+  // optional per-head q/k RMSNorm, then RoPE with cos_sin [T, rotary_dim] (cos | sin halves, pre-scaled).
+  virtual void qkv_rope_kv_write(const Tensor& qkv, const QkvLayout& layout, const Tensor& cos_sin,
+                                 const AttentionBatch& batch, KvLayer& kv, Tensor& q_out) = 0;
+  // Causal attention of each new token over its sequence's paged KV.  q, out [T, H * D]
+  virtual void paged_attention(const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
+                               const AttentionParams& params, Tensor& out) = 0;
+  // out = silu(gate) * up                           gate_up [T, 2 * I] (gate | up), out [T, I]
+  virtual void silu_mul(const Tensor& gate_up, Tensor& out) = 0;
+  // out[i, :] = x[rows[i], :]                       rows on the host
+  virtual void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) = 0;
+  // Waits for all queued work (no-op on the CPU).
+  virtual void synchronize() = 0;
+};
+
+}  // namespace kiln

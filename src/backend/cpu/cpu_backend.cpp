@@ -1,0 +1,129 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "backend/cpu/attention.h"
+#include "backend/cpu/gemm.h"
+#include "backend/cpu/vec.h"
+#include "core/checked_math.h"
+
+namespace kiln {
+
+size_t KvCacheSpec::bytes_per_block() const {
+  return 2ull * num_layers * num_kv_heads * block_size * head_dim * dtype_size(dtype);
+}
+
+Result<DeviceBuffer> CpuBackend::allocate(size_t bytes) {
+  void* p = std::aligned_alloc(64, round_up(bytes ? bytes : 1, 64));
+  if (!p) return resource_exhausted("cpu backend: cannot allocate " + std::to_string(bytes) + " bytes");
+  return DeviceBuffer{std::shared_ptr<void>(p, std::free), bytes};
+}
+
+void CpuBackend::upload(const void* host, const Tensor& dst) { std::memcpy(dst.data, host, dst.nbytes()); }
+void CpuBackend::download(const Tensor& src, void* host) { std::memcpy(host, src.data, src.nbytes()); }
+
+Result<Tensor> CpuBackend::adopt_weight(const Tensor& host, std::shared_ptr<void> /*keep_alive*/) {
+  // The engine file stays mapped for the model's life; the CPU reads weights in place.
+  if (reinterpret_cast<uintptr_t>(host.data) % 64 != 0)
+    return internal_error("cpu backend: weight data is not 64-byte aligned");
+  return host;
+}
+
+Result<std::unique_ptr<KvStorage>> CpuBackend::create_kv_storage(const KvCacheSpec& spec) {
+  auto kv = std::make_unique<KvStorage>();
+  kv->spec = spec;
+  Shape shape{spec.num_blocks, spec.num_kv_heads, spec.block_size, spec.head_dim};
+  for (int l = 0; l < spec.num_layers; ++l) {
+    KvLayer layer;
+    for (Tensor* t : {&layer.k, &layer.v}) {
+      size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(spec.dtype);
+      KILN_ASSIGN_OR_RETURN(DeviceBuffer buf, allocate(bytes));
+      std::memset(buf.mem.get(), 0, bytes);
+      *t = buf.view(spec.dtype, shape);
+      kv->buffers.push_back(std::move(buf));
+    }
+    kv->layers.push_back(layer);
+  }
+  return kv;
+}
+
+void CpuBackend::embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
+  const int64_t hidden = table.dim(1);
+  const int32_t* id = ids.as<int32_t>();
+  const auto& ops = cpu::vec_ops();
+  const size_t row_bytes = hidden * dtype_size(table.dtype);
+  for (int64_t t = 0; t < ids.numel(); ++t) {
+    KILN_CHECK(id[t] >= 0 && id[t] < table.dim(0), "token id out of range reached the backend");
+    ops.to_f32(table.as<char>() + id[t] * row_bytes, table.dtype, out.as<float>() + t * hidden, hidden);
+  }
+}
+
+namespace {
+// Row-wise RMSNorm of f32 rows with a weight of any float type (kept f32 by the loader).
+void rmsnorm_rows(const float* x, const float* w, float eps, float* out, int64_t rows, int64_t dim) {
+  const auto& ops = cpu::vec_ops();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    float* o = out + r * dim;
+    float inv = 1.0f / std::sqrt(ops.sum_squares(xr, dim) / static_cast<float>(dim) + eps);
+    for (int64_t i = 0; i < dim; ++i) o[i] = (xr[i] * inv) * w[i];
+  }
+}
+}  // namespace
+
+void CpuBackend::rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
+  const int64_t dim = weight.numel(), rows = x.numel() / dim;
+  KILN_CHECK(weight.dtype == DType::kF32, "norm weights are f32 on the CPU");
+  pool_.parallel_for(rows, [&](int64_t b, int64_t e) {
+    rmsnorm_rows(x.as<float>() + b * dim, weight.as<float>(), eps, out.as<float>() + b * dim, e - b, dim);
+  });
+}
+
+void CpuBackend::add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out) {
+  const int64_t dim = weight.numel(), rows = residual.numel() / dim;
+  pool_.parallel_for(rows, [&](int64_t b, int64_t e) {
+    float* r = residual.as<float>() + b * dim;
+    const float* d = delta.as<float>() + b * dim;
+    for (int64_t i = 0; i < (e - b) * dim; ++i) r[i] += d[i];
+    rmsnorm_rows(r, weight.as<float>(), eps, out.as<float>() + b * dim, e - b, dim);
+  });
+}
+
+void CpuBackend::linear(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& y) {
+  const int64_t m = x.numel() / w.in_features;
+  cpu::gemm(x.as<float>(), w.in_features, m, w.data.data, w.dtype, w.out_features, w.in_features,
+            bias ? bias->as<float>() : nullptr, y.as<float>(), w.out_features, pool_);
+}
+
+void CpuBackend::qkv_rope_kv_write(const Tensor& qkv, const QkvLayout& L, const Tensor& cos_sin,
+                                   const AttentionBatch& batch, KvLayer& kv, Tensor& q_out) {
+  cpu::qkv_rope_kv_write(qkv, L, cos_sin, batch, kv, q_out, pool_);
+}
+
+void CpuBackend::paged_attention(const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
+                                 const AttentionParams& params, Tensor& out) {
+  cpu::paged_attention(q, kv, batch, params, out, pool_);
+}
+
+void CpuBackend::silu_mul(const Tensor& gate_up, Tensor& out) {
+  const int64_t inter = out.dim(-1), rows = out.numel() / inter;
+  pool_.parallel_for(rows, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* g = gate_up.as<float>() + r * 2 * inter;
+      const float* u = g + inter;
+      float* o = out.as<float>() + r * inter;
+      for (int64_t i = 0; i < inter; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    }
+  });
+}
+
+void CpuBackend::gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) {
+  const size_t row_bytes = x.nbytes() / x.dim(0);
+  for (size_t i = 0; i < rows.size(); ++i)
+    std::memcpy(out.as<char>() + i * row_bytes, x.as<char>() + rows[i] * row_bytes, row_bytes);
+}
+
+}  // namespace kiln

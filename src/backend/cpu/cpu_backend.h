@@ -1,0 +1,36 @@
+// The CPU backend: host memory, f32 activations, SIMD kernels chosen at run time, both cores.
+#pragma once
+
+#include "backend/backend.h"
+#include "core/thread_pool.h"
+
+namespace kiln {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(ThreadPool& pool = ThreadPool::global()) : pool_(pool) {}
+  std::string name() const override { return "cpu"; }
+
+  Result<DeviceBuffer> allocate(size_t bytes) override;
+  void upload(const void* host, const Tensor& dst) override;
+  void download(const Tensor& src, void* host) override;
+  Result<Tensor> adopt_weight(const Tensor& host, std::shared_ptr<void> keep_alive) override;
+  Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) override;
+
+  void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override;
+  void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
+  void add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out) override;
+  void linear(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& y) override;
+  void qkv_rope_kv_write(const Tensor& qkv, const QkvLayout& layout, const Tensor& cos_sin,
+                         const AttentionBatch& batch, KvLayer& kv, Tensor& q_out) override;
+  void paged_attention(const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
+                       const AttentionParams& params, Tensor& out) override;
+  void silu_mul(const Tensor& gate_up, Tensor& out) override;
+  void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override;
+  void synchronize() override {}
+
+ private:
+  ThreadPool& pool_;
+};
+
+}  // namespace kiln

@@ -1,0 +1,62 @@
+#include <cstdio>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "model/engine.h"
+
+namespace kiln::cli {
+
+int cmd_build(const std::vector<std::string>& argv) {
+  const std::vector<FlagSpec> specs = {
+      {"checkpoint_dir", true, "checkpoint dir from `kiln convert`"},
+      {"output_dir", true, "engine dir to write"},
+      {"max_batch_size", true, "most sequences in flight at once (8)"},
+      {"max_input_len", true, "longest prompt in tokens (1024)"},
+      {"max_seq_len", true, "longest prompt + output in tokens"},
+      {"max_output_len", true, "longest output; max_seq_len = max_input_len + this"},
+      {"max_num_tokens", true, "tokens in one forward pass (default min(8192, batch x input))"},
+      {"gemm_plugin", true, "auto | disable | the engine dtype (accepted like trtllm-build)"},
+      {"tokens_per_block", true, "KV cache block size in tokens (64)"},
+      {"tp_size", true, "tensor-parallel ranks (1)"},
+      {"pp_size", true, "pipeline-parallel ranks (1)"},
+  };
+  if (wants_help(argv)) {
+    std::fputs(usage("build", "Validates limits, plans memory and packs weights into an engine dir.", specs).c_str(), stdout);
+    return 0;
+  }
+  auto run = [&]() -> Status {
+    KILN_ASSIGN_OR_RETURN(Args a, Args::parse(argv, specs));
+    KILN_ASSIGN_OR_RETURN(std::string ckpt, a.require("checkpoint_dir"));
+    KILN_ASSIGN_OR_RETURN(std::string out, a.require("output_dir"));
+    BuildConfig b;
+    KILN_ASSIGN_OR_RETURN(b.max_batch_size, a.get_int("max_batch_size", 8));
+    KILN_ASSIGN_OR_RETURN(b.max_input_len, a.get_int("max_input_len", 1024));
+    KILN_ASSIGN_OR_RETURN(int64_t seq, a.get_int("max_seq_len", 0));
+    KILN_ASSIGN_OR_RETURN(int64_t outl, a.get_int("max_output_len", 0));
+    if (a.has("max_seq_len") && a.has("max_output_len") && seq != b.max_input_len + outl)
+      return invalid_argument("--max_seq_len=" + std::to_string(seq) + " disagrees with --max_input_len + --max_output_len = " +
+                              std::to_string(b.max_input_len + outl) + "; give one of them");
+    if (!a.has("max_seq_len") && !a.has("max_output_len"))
+      return invalid_argument("give --max_seq_len or --max_output_len");
+    if (a.has("max_output_len") && outl <= 0) return invalid_argument("--max_output_len must be positive");
+    b.max_seq_len = a.has("max_seq_len") ? seq : b.max_input_len + outl;
+    KILN_ASSIGN_OR_RETURN(b.max_num_tokens, a.get_int("max_num_tokens", 0));
+    if (a.has("max_num_tokens") && b.max_num_tokens <= 0) return invalid_argument("--max_num_tokens must be positive");
+    KILN_ASSIGN_OR_RETURN(int64_t tpb, a.get_int("tokens_per_block", 64));
+    KILN_ASSIGN_OR_RETURN(int64_t tp, a.get_int("tp_size", 1));
+    KILN_ASSIGN_OR_RETURN(int64_t pp, a.get_int("pp_size", 1));
+    b.tokens_per_block = static_cast<int>(tpb);
+    b.tp_size = static_cast<int>(tp);
+    b.pp_size = static_cast<int>(pp);
+    if (auto g = a.get("gemm_plugin")) b.gemm_plugin = *g;
+    std::string plan;
+    KILN_RETURN_IF_ERROR(build_engine(ckpt, out, b, &plan));
+    std::printf("kiln build: memory plan\n%s", plan.c_str());
+    std::printf("kiln build: wrote %s\n", out.c_str());
+    return {};
+  };
+  Status s = run();
+  return s.ok() ? 0 : report_error("build", s);
+}
+
+}  // namespace kiln::cli

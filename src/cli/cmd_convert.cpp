@@ -1,0 +1,49 @@
+#include <cstdio>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "model/checkpoint.h"
+
+namespace kiln::cli {
+
+int cmd_convert(const std::vector<std::string>& argv) {
+  const std::vector<FlagSpec> specs = {
+      {"model_dir", true, "Hugging Face model folder (config.json + safetensors)"},
+      {"output_dir", true, "checkpoint dir to write"},
+      {"dtype", true, "float32 | float16 | bfloat16 (default: the model's own dtype)"},
+      {"tp_size", true, "tensor-parallel ranks (1)"},
+      {"pp_size", true, "pipeline-parallel ranks (1)"},
+  };
+  if (wants_help(argv)) {
+    std::fputs(usage("convert", "Reads a Hugging Face checkpoint and writes a Kiln checkpoint dir.", specs).c_str(), stdout);
+    return 0;
+  }
+  auto run = [&]() -> Status {
+    KILN_ASSIGN_OR_RETURN(Args a, Args::parse(argv, specs));
+    ConvertOptions o;
+    KILN_ASSIGN_OR_RETURN(o.model_dir, a.require("model_dir"));
+    KILN_ASSIGN_OR_RETURN(o.output_dir, a.require("output_dir"));
+    KILN_ASSIGN_OR_RETURN(int64_t tp, a.get_int("tp_size", 1));
+    KILN_ASSIGN_OR_RETURN(int64_t pp, a.get_int("pp_size", 1));
+    o.tp_size = static_cast<int>(tp);
+    o.pp_size = static_cast<int>(pp);
+    if (auto d = a.get("dtype")) {
+      auto t = dtype_from_name(*d);
+      if (!t || (*t != DType::kF32 && *t != DType::kF16 && *t != DType::kBF16))
+        return invalid_argument("--dtype '" + *d + "': expected float32, float16 or bfloat16");
+      o.dtype = *t;
+    } else {
+      // Default: keep the dtype the model was published in.
+      KILN_ASSIGN_OR_RETURN(auto cfg, read_json_file(o.model_dir + "/config.json"));
+      KILN_ASSIGN_OR_RETURN(ModelConfig m, ModelConfig::from_hf(cfg, nullptr));
+      o.dtype = m.weights_dtype;
+    }
+    KILN_RETURN_IF_ERROR(convert_hf_checkpoint(o));
+    std::printf("kiln convert: wrote %s (%s)\n", o.output_dir.c_str(), dtype_name(o.dtype));
+    return {};
+  };
+  Status s = run();
+  return s.ok() ? 0 : report_error("convert", s);
+}
+
+}  // namespace kiln::cli

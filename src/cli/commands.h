@@ -1,0 +1,13 @@
+// The subcommands of the `kiln` program; each returns a process exit code.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace kiln::cli {
+
+int cmd_convert(const std::vector<std::string>& args);
+int cmd_build(const std::vector<std::string>& args);
+int cmd_run(const std::vector<std::string>& args);
+
+}  // namespace kiln::cli

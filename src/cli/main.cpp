@@ -1,0 +1,36 @@
+// kiln: convert -> build -> run (-> serve). See README.md for the CLI reference.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+
+namespace {
+const char* kUsage =
+    "kiln " KILN_VERSION " - LLM inference: Hugging Face checkpoint -> engine -> text\n\n"
+    "usage: kiln COMMAND [flags]   (kiln COMMAND --help for its flags)\n\n"
+    "commands:\n"
+    "  convert   Hugging Face model folder -> Kiln checkpoint dir\n"
+    "  build     checkpoint dir -> engine dir (limits validated, memory planned, weights packed)\n"
+    "  run       generate greedily from token ids with an engine\n"
+    "  version   print the version\n";
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (cmd == "convert") return kiln::cli::cmd_convert(args);
+  if (cmd == "build") return kiln::cli::cmd_build(args);
+  if (cmd == "run") return kiln::cli::cmd_run(args);
+  if (cmd == "version" || cmd == "--version") {
+    std::printf("kiln %s\n", KILN_VERSION);
+    return 0;
+  }
+  std::fprintf(stderr, "kiln: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+  return 2;
+}

@@ -1,0 +1,157 @@
+#include "model/checkpoint.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "io/hf_checkpoint.h"
+#include "io/safetensors.h"
+#include "model/weight_names.h"
+
+namespace kiln {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string checkpoint_rank_file(const std::string& dir, int rank) {
+  return (fs::path(dir) / ("rank" + std::to_string(rank) + ".safetensors")).string();
+}
+
+namespace {
+
+Status write_text_file(const std::string& path, const std::string& text) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) return invalid_argument(path + ": cannot write");
+    out << text;
+    if (!out) return data_loss(path + ": write failed");
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return data_loss(path + ": " + ec.message());
+  return {};
+}
+
+// True if every value is finite (a narrowing conversion may overflow float16).
+bool all_finite(const HostBuffer& buf, DType t, int64_t n) {
+  if (t == DType::kF32) {
+    const float* p = static_cast<const float*>(buf.data());
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(p[i])) return false;
+    return true;
+  }
+  const uint16_t* p = static_cast<const uint16_t*>(buf.data());
+  const uint16_t exp_mask = t == DType::kF16 ? 0x7c00 : 0x7f80;
+  for (int64_t i = 0; i < n; ++i)
+    if ((p[i] & exp_mask) == exp_mask) return false;
+  return true;
+}
+
+}  // namespace
+
+Status convert_hf_checkpoint(const ConvertOptions& o) {
+  if (o.dtype != DType::kF32 && o.dtype != DType::kF16 && o.dtype != DType::kBF16)
+    return invalid_argument(std::string("--dtype ") + dtype_name(o.dtype) + " is not supported (float32, float16, bfloat16)");
+  if (o.tp_size < 1 || o.pp_size < 1) return invalid_argument("--tp_size and --pp_size must be >= 1");
+  if (o.tp_size * o.pp_size != 1)
+    return unimplemented("--tp_size " + std::to_string(o.tp_size) + " --pp_size " + std::to_string(o.pp_size) +
+                         ": multi-rank checkpoints come with tensor/pipeline parallelism, which Kiln does not have yet; use 1");
+  const fs::path dir(o.model_dir);
+  if (!fs::is_directory(dir)) return not_found("--model_dir " + o.model_dir + " is not a directory");
+  if (!fs::exists(dir / "config.json")) return not_found(o.model_dir + " has no config.json (is it a Hugging Face model folder?)");
+  KILN_ASSIGN_OR_RETURN(json hf_config, read_json_file((dir / "config.json").string()));
+  json gen;
+  const json* gen_ptr = nullptr;
+  if (fs::exists(dir / "generation_config.json")) {
+    KILN_ASSIGN_OR_RETURN(gen, read_json_file((dir / "generation_config.json").string()));
+    gen_ptr = &gen;
+  }
+  KILN_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::from_hf(hf_config, gen_ptr));
+  KILN_ASSIGN_OR_RETURN(HfCheckpoint hf, HfCheckpoint::open(o.model_dir));
+
+  std::vector<WeightSpec> specs = weight_specs(config);
+  std::vector<HostBuffer> buffers;
+  std::vector<SafetensorsTensorToWrite> out;
+  std::set<std::string> used;
+  for (const WeightSpec& spec : specs) {
+    const DType to = spec.kind == WeightKind::kVector ? DType::kF32 : o.dtype;
+    // Check each source's shape, then concatenate them along dim 0.
+    int64_t rows = 0;
+    const int64_t row_elems = spec.shape.ndim == 2 ? spec.shape[1] : 1;
+    for (const std::string& src : spec.hf_sources) {
+      const SafetensorsEntry* e = hf.find(src);
+      if (!e) return not_found(o.model_dir + ": tensor '" + src + "' is missing (needed for " + spec.name + ")");
+      if (!dtype_is_float(e->dtype) || e->dtype == DType::kF64)
+        return invalid_argument(o.model_dir + ": tensor '" + src + "' has dtype " + dtype_name(e->dtype) +
+                                ", expected float32, float16 or bfloat16");
+      if (e->shape.ndim != spec.shape.ndim || (spec.shape.ndim == 2 && e->shape[1] != row_elems))
+        return invalid_argument(o.model_dir + ": tensor '" + src + "' has shape " + e->shape.to_string() +
+                                ", which does not fit " + spec.name + " " + spec.shape.to_string() + " of this config");
+      rows += e->shape[0];
+      used.insert(src);
+    }
+    if (rows != spec.shape[0])
+      return invalid_argument(o.model_dir + ": tensors for " + spec.name + " have " + std::to_string(rows) +
+                              " rows in all, config.json implies " + std::to_string(spec.shape[0]));
+    HostBuffer buf(static_cast<size_t>(spec.shape.numel()) * dtype_size(to));
+    size_t offset = 0;
+    for (const std::string& src : spec.hf_sources) {
+      KILN_ASSIGN_OR_RETURN(HostBuffer part, hf.read_as(src, to));
+      const size_t bytes = static_cast<size_t>(hf.find(src)->shape.numel()) * dtype_size(to);
+      std::memcpy(static_cast<char*>(buf.data()) + offset, part.data(), bytes);
+      offset += bytes;
+    }
+    if (!all_finite(buf, to, spec.shape.numel()))
+      return invalid_argument(o.model_dir + ": " + spec.name + " has values that are not finite in " + dtype_name(to) +
+                              " (out of range for --dtype?)");
+    out.push_back({spec.name, to, spec.shape, buf.data()});
+    buffers.push_back(std::move(buf));
+  }
+  // Anything left over means the config and the weights disagree (except buffers HF never needs).
+  for (const std::string& name : hf.names()) {
+    if (used.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    if (name == "lm_head.weight" && config.tie_word_embeddings) continue;
+    return invalid_argument(o.model_dir + ": unexpected tensor '" + name + "' for " + config.architecture +
+                            " with this config.json");
+  }
+
+  std::error_code ec;
+  fs::create_directories(o.output_dir, ec);
+  if (ec) return invalid_argument("--output_dir " + o.output_dir + ": " + ec.message());
+  KILN_RETURN_IF_ERROR(write_safetensors(checkpoint_rank_file(o.output_dir, 0), out, {{"format", "kiln-checkpoint"}}));
+  json info = {{"kiln_checkpoint_version", kCheckpointFormatVersion},
+               {"kiln_version", KILN_VERSION},
+               {"dtype", dtype_name(o.dtype)},
+               {"tp_size", o.tp_size},
+               {"pp_size", o.pp_size},
+               {"model", config.to_json()}};
+  return write_text_file((fs::path(o.output_dir) / "config.json").string(), info.dump(2) + "\n");
+}
+
+Result<CheckpointInfo> read_checkpoint_info(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "config.json").string();
+  if (!fs::exists(path)) return not_found(dir + " has no config.json; make a checkpoint with `kiln convert`");
+  KILN_ASSIGN_OR_RETURN(json j, read_json_file(path));
+  if (!j.is_object() || !j.contains("kiln_checkpoint_version"))
+    return invalid_argument(path + " is not a Kiln checkpoint config (a Hugging Face folder? run `kiln convert` first)");
+  if (j["kiln_checkpoint_version"] != kCheckpointFormatVersion)
+    return failed_precondition(path + ": checkpoint format version " + j["kiln_checkpoint_version"].dump() +
+                               ", this kiln reads " + std::to_string(kCheckpointFormatVersion) + "; re-run `kiln convert`");
+  CheckpointInfo info;
+  try {
+    auto dt = dtype_from_name(j.at("dtype").get<std::string>());
+    if (!dt) return invalid_argument(path + ": unknown dtype");
+    info.dtype = *dt;
+    info.tp_size = j.at("tp_size").get<int>();
+    info.pp_size = j.at("pp_size").get<int>();
+    KILN_ASSIGN_OR_RETURN(info.model, ModelConfig::from_json(j.at("model")));
+  } catch (const json::exception& e) {
+    return invalid_argument(path + ": " + e.what());
+  }
+  return info;
+}
+
+}  // namespace kiln

@@ -1,0 +1,36 @@
+// Kiln checkpoint dir (output of `kiln convert`): config.json + rank<N>.safetensors with canonical names.
+#pragma once
+
+#include <string>
+
+#include "core/status.h"
+#include "model/model_config.h"
+
+namespace kiln {
+
+constexpr int kCheckpointFormatVersion = 1;
+
+struct ConvertOptions {
+  std::string model_dir;
+  std::string output_dir;
+  DType dtype = DType::kF32;  // weights of linear layers and embeddings; norms and biases stay f32
+  int tp_size = 1;
+  int pp_size = 1;
+};
+
+struct CheckpointInfo {
+  ModelConfig model;
+  DType dtype = DType::kF32;
+  int tp_size = 1;
+  int pp_size = 1;
+};
+
+// HF folder -> checkpoint dir. Refuses unknown architectures, bad configs and weights that do not match
+// the config (missing tensors, wrong shapes, non-float dtypes, values that overflow the target dtype).
+Status convert_hf_checkpoint(const ConvertOptions& options);
+
+// Reads and checks a checkpoint dir's config.json.
+Result<CheckpointInfo> read_checkpoint_info(const std::string& dir);
+std::string checkpoint_rank_file(const std::string& dir, int rank);
+
+}  // namespace kiln

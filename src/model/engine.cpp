@@ -1,0 +1,222 @@
+#include "model/engine.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "backend/cpu/gemm.h"
+#include "io/safetensors.h"
+#include "model/checkpoint.h"
+#include "model/weight_names.h"
+
+namespace kiln {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+Status BuildConfig::finalize(const ModelConfig& m) {
+  auto positive = [](int64_t v, const char* flag) -> Status {
+    if (v <= 0) return invalid_argument(std::string(flag) + "=" + std::to_string(v) + " must be positive");
+    return {};
+  };
+  KILN_RETURN_IF_ERROR(positive(max_batch_size, "--max_batch_size"));
+  KILN_RETURN_IF_ERROR(positive(max_input_len, "--max_input_len"));
+  KILN_RETURN_IF_ERROR(positive(max_seq_len, "--max_seq_len"));
+  if (max_batch_size > 65536) return invalid_argument("--max_batch_size must be at most 65536");
+  if (max_input_len > max_seq_len)
+    return invalid_argument("--max_input_len=" + std::to_string(max_input_len) + " exceeds --max_seq_len=" +
+                            std::to_string(max_seq_len));
+  if (max_seq_len > m.max_position_embeddings)
+    return invalid_argument("--max_seq_len=" + std::to_string(max_seq_len) + " exceeds the model's max_position_embeddings=" +
+                            std::to_string(m.max_position_embeddings));
+  if (max_num_tokens == 0) max_num_tokens = std::min<int64_t>(8192, max_batch_size * max_input_len);
+  KILN_RETURN_IF_ERROR(positive(max_num_tokens, "--max_num_tokens"));
+  if (max_num_tokens > (1 << 20)) return invalid_argument("--max_num_tokens must be at most 1048576");
+  if (tp_size != 1 || pp_size != 1)
+    return unimplemented("--tp_size/--pp_size other than 1: tensor and pipeline parallelism are not implemented yet");
+  if (tokens_per_block <= 0 || (tokens_per_block & (tokens_per_block - 1)) != 0 || tokens_per_block > 1024)
+    return invalid_argument("--tokens_per_block must be a power of two in [1, 1024]");
+  if (gemm_plugin != "auto" && gemm_plugin != "disable") {
+    auto g = dtype_from_name(gemm_plugin);
+    if (!g) return invalid_argument("--gemm_plugin '" + gemm_plugin + "': expected auto, disable, float32, float16 or bfloat16");
+    if (*g != dtype)
+      return invalid_argument("--gemm_plugin " + gemm_plugin + " does not match the checkpoint dtype " + dtype_name(dtype) +
+                              "; convert with --dtype " + gemm_plugin + " or pass --gemm_plugin auto");
+  }
+  if (backend != "cpu") return unimplemented("backend '" + backend + "' is not built into this kiln (cpu only)");
+  kv_cache_dtype = dtype;
+  return {};
+}
+
+json BuildConfig::to_json() const {
+  return json{{"max_batch_size", max_batch_size}, {"max_input_len", max_input_len},   {"max_seq_len", max_seq_len},
+              {"max_num_tokens", max_num_tokens}, {"gemm_plugin", gemm_plugin},       {"tp_size", tp_size},
+              {"pp_size", pp_size},               {"tokens_per_block", tokens_per_block}, {"dtype", dtype_name(dtype)},
+              {"kv_cache_dtype", dtype_name(kv_cache_dtype)}, {"backend", backend}};
+}
+
+Result<BuildConfig> BuildConfig::from_json(const json& j) {
+  BuildConfig b;
+  try {
+    b.max_batch_size = j.at("max_batch_size").get<int64_t>();
+    b.max_input_len = j.at("max_input_len").get<int64_t>();
+    b.max_seq_len = j.at("max_seq_len").get<int64_t>();
+    b.max_num_tokens = j.at("max_num_tokens").get<int64_t>();
+    b.gemm_plugin = j.at("gemm_plugin").get<std::string>();
+    b.tp_size = j.at("tp_size").get<int>();
+    b.pp_size = j.at("pp_size").get<int>();
+    b.tokens_per_block = j.at("tokens_per_block").get<int>();
+    b.backend = j.at("backend").get<std::string>();
+    auto dt = dtype_from_name(j.at("dtype").get<std::string>());
+    auto kv = dtype_from_name(j.at("kv_cache_dtype").get<std::string>());
+    if (!dt || !kv) return invalid_argument("build config: unknown dtype");
+    b.dtype = *dt;
+    b.kv_cache_dtype = *kv;
+  } catch (const json::exception& e) {
+    return invalid_argument(std::string("build config: ") + e.what());
+  }
+  return b;
+}
+
+namespace {
+
+uint64_t available_host_memory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kb;
+  std::string unit;
+  while (in >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return 8ull << 30;
+}
+
+size_t stored_bytes(const WeightSpec& s, DType dtype) {
+  const DType t = s.kind == WeightKind::kVector ? DType::kF32 : dtype;
+  if (s.kind == WeightKind::kLinear) return cpu::packed_weight_bytes(t, s.shape[0], s.shape[1]);
+  return static_cast<size_t>(s.shape.numel()) * dtype_size(t);
+}
+
+// Tensors of the engine: the checkpoint's, plus a packed LM head made from the embedding when tied.
+std::vector<WeightSpec> engine_specs(const ModelConfig& m) {
+  std::vector<WeightSpec> specs = weight_specs(m);
+  if (m.tie_word_embeddings) specs.push_back({"lm_head.weight", {m.vocab_size, m.hidden_size}, WeightKind::kLinear, {}});
+  return specs;
+}
+
+std::string human_bytes(uint64_t b) {
+  std::ostringstream os;
+  os.precision(3);
+  if (b >= (1ull << 30)) os << b / double(1ull << 30) << " GiB";
+  else if (b >= (1ull << 20)) os << b / double(1ull << 20) << " MiB";
+  else os << b / 1024.0 << " KiB";
+  return os.str();
+}
+
+}  // namespace
+
+std::string MemoryPlan::to_string() const {
+  std::ostringstream os;
+  os << "weights:            " << human_bytes(weights_bytes) << " (" << weights_bytes << " bytes)\n"
+     << "KV cache per token: " << kv_bytes_per_token << " bytes\n"
+     << "KV budget:          " << human_bytes(kv_budget_bytes) << " -> " << kv_tokens << " tokens\n"
+     << "full batch needs:   " << tokens_for_full_batch << " tokens (max_batch_size x max_seq_len)"
+     << (kv_tokens >= tokens_for_full_batch ? ", fits" : ", does NOT fit: requests will wait for KV blocks") << "\n";
+  return os.str();
+}
+
+MemoryPlan plan_memory(const ModelConfig& m, const BuildConfig& b, double kv_fraction) {
+  MemoryPlan p;
+  for (const WeightSpec& s : engine_specs(m)) p.weights_bytes += stored_bytes(s, b.dtype);
+  p.kv_bytes_per_token = 2ull * m.num_layers * m.num_kv_heads * m.head_dim * dtype_size(b.kv_cache_dtype);
+  uint64_t avail = available_host_memory();
+  uint64_t free_after = avail > p.weights_bytes ? avail - p.weights_bytes : 0;
+  p.kv_budget_bytes = static_cast<uint64_t>(static_cast<double>(free_after) * kv_fraction);
+  p.kv_tokens = p.kv_bytes_per_token ? p.kv_budget_bytes / p.kv_bytes_per_token : 0;
+  p.tokens_for_full_batch = static_cast<uint64_t>(b.max_batch_size) * b.max_seq_len;
+  return p;
+}
+
+Status build_engine(const std::string& checkpoint_dir, const std::string& output_dir, BuildConfig build,
+                    std::string* plan_text) {
+  KILN_ASSIGN_OR_RETURN(CheckpointInfo info, read_checkpoint_info(checkpoint_dir));
+  if (info.tp_size != 1 || info.pp_size != 1)
+    return unimplemented("checkpoint has tp_size/pp_size > 1: multi-rank engines are not implemented yet");
+  build.dtype = info.dtype;
+  KILN_RETURN_IF_ERROR(build.finalize(info.model));
+  const ModelConfig& m = info.model;
+  MemoryPlan plan = plan_memory(m, build, 0.5);
+  if (plan_text) *plan_text = plan.to_string();
+
+  const std::string rank_file = checkpoint_rank_file(checkpoint_dir, 0);
+  KILN_ASSIGN_OR_RETURN(SafetensorsFile ckpt, SafetensorsFile::open(rank_file));
+  EngineFileWriter writer;
+  std::vector<HostBuffer> packed;  // keeps packed data alive until write()
+  for (const WeightSpec& s : engine_specs(m)) {
+    const std::string& src_name = s.hf_sources.empty() ? std::string("embed.weight") : s.name;
+    const SafetensorsEntry* e = ckpt.find(src_name);
+    if (!e) return not_found(rank_file + ": tensor '" + src_name + "' is missing; re-run `kiln convert`");
+    const DType want = s.kind == WeightKind::kVector ? DType::kF32 : build.dtype;
+    if (e->dtype != want || e->shape != s.shape)
+      return invalid_argument(rank_file + ": tensor '" + src_name + "' is " + dtype_name(e->dtype) + " " +
+                              e->shape.to_string() + ", expected " + dtype_name(want) + " " + s.shape.to_string() +
+                              "; re-run `kiln convert`");
+    if (s.kind == WeightKind::kLinear) {
+      packed.emplace_back(cpu::packed_weight_bytes(want, s.shape[0], s.shape[1]));  // 64-byte aligned
+      cpu::pack_weight(e->data, e->dtype, s.shape[0], s.shape[1], want, packed.back().data());
+      writer.add({s.name, want, s.shape, kCpuLinearLayout, packed.back().data(), packed.back().size()});
+    } else {
+      writer.add({s.name, want, s.shape, "plain", e->data, e->nbytes});
+    }
+  }
+  std::error_code ec;
+  fs::create_directories(output_dir, ec);
+  if (ec) return invalid_argument("--output_dir " + output_dir + ": " + ec.message());
+  KILN_RETURN_IF_ERROR(writer.write((fs::path(output_dir) / "rank0.engine").string()));
+  json cfg = {{"kiln_engine_format_version", kEngineFormatVersion},
+              {"kiln_version", KILN_VERSION},
+              {"model", m.to_json()},
+              {"build", build.to_json()},
+              {"plan", {{"weights_bytes", plan.weights_bytes}, {"kv_bytes_per_token", plan.kv_bytes_per_token}}}};
+  const std::string cfg_path = (fs::path(output_dir) / "config.json").string();
+  std::ofstream out(cfg_path + ".tmp", std::ios::trunc);
+  out << cfg.dump(2) << "\n";
+  out.close();
+  if (!out) return data_loss(cfg_path + ": write failed");
+  fs::rename(cfg_path + ".tmp", cfg_path, ec);
+  if (ec) return data_loss(cfg_path + ": " + ec.message());
+  return {};
+}
+
+Result<Engine> load_engine(const std::string& dir) {
+  const std::string cfg_path = (fs::path(dir) / "config.json").string();
+  const std::string rebuild = "; rebuild it with `kiln build`";
+  if (!fs::is_directory(dir)) return not_found("engine dir " + dir + " does not exist");
+  if (!fs::exists(cfg_path)) return not_found(dir + " has no config.json; is it an engine dir made by `kiln build`?");
+  KILN_ASSIGN_OR_RETURN(json j, read_json_file(cfg_path));
+  if (!j.is_object() || !j.contains("kiln_engine_format_version"))
+    return invalid_argument(cfg_path + " is not a Kiln engine config (a checkpoint dir? run `kiln build` on it)");
+  if (j["kiln_engine_format_version"] != kEngineFormatVersion)
+    return failed_precondition(dir + ": engine format version " + j["kiln_engine_format_version"].dump() + " (built by kiln " +
+                               j.value("kiln_version", "?") + "), this kiln " KILN_VERSION " loads version " +
+                               std::to_string(kEngineFormatVersion) + rebuild);
+  Engine engine;
+  if (!j.contains("model") || !j.contains("build")) return invalid_argument(cfg_path + ": missing model or build section" + rebuild);
+  KILN_ASSIGN_OR_RETURN(engine.model, ModelConfig::from_json(j["model"]));
+  KILN_ASSIGN_OR_RETURN(engine.build, BuildConfig::from_json(j["build"]));
+  const std::string rank0 = (fs::path(dir) / "rank0.engine").string();
+  if (!fs::exists(rank0)) return not_found(dir + " has no rank0.engine" + rebuild);
+  KILN_ASSIGN_OR_RETURN(engine.file, EngineFile::open(rank0));
+  for (const WeightSpec& s : engine_specs(engine.model)) {
+    const EngineTensor* t = engine.file->find(s.name);
+    if (!t) return data_loss(rank0 + ": tensor '" + s.name + "' is missing" + rebuild);
+    const DType want = s.kind == WeightKind::kVector ? DType::kF32 : engine.build.dtype;
+    const std::string layout = s.kind == WeightKind::kLinear ? kCpuLinearLayout : "plain";
+    if (t->dtype != want || t->shape != s.shape || t->layout != layout || t->nbytes != stored_bytes(s, want))
+      return data_loss(rank0 + ": tensor '" + s.name + "' is " + dtype_name(t->dtype) + " " + t->shape.to_string() + " " +
+                       t->layout + " (" + std::to_string(t->nbytes) + " bytes), expected " + dtype_name(want) + " " +
+                       s.shape.to_string() + " " + layout + rebuild);
+  }
+  return engine;
+}
+
+}  // namespace kiln

@@ -1,0 +1,66 @@
+// Engine dir (output of `kiln build`): config.json (model + build config + versions) and rank<N>.engine
+// holding the weights pre-packed for the backend. `kiln run` / `kiln serve` only load it.
+#pragma once
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "core/status.h"
+#include "io/engine_file.h"
+#include "model/model_config.h"
+
+namespace kiln {
+
+// Bump when the engine dir's meaning changes; older engines are refused with "rebuild".
+constexpr int kEngineFormatVersion = 1;
+// Packed layout of linear weights written by this build for the CPU backend.
+constexpr const char* kCpuLinearLayout = "cpu_panel_v1";
+
+struct BuildConfig {
+  int64_t max_batch_size = 8;
+  int64_t max_input_len = 1024;
+  int64_t max_seq_len = 0;      // max_input_len + max_output_len
+  int64_t max_num_tokens = 0;   // tokens in one forward (prefill chunks + decode); 0 = default
+  std::string gemm_plugin = "auto";  // "auto", "disable" or the engine dtype (accepted for trtllm-build parity)
+  int tp_size = 1;
+  int pp_size = 1;
+  int tokens_per_block = 64;
+  DType dtype = DType::kF32;     // weights (from the checkpoint)
+  DType kv_cache_dtype = DType::kF32;
+  std::string backend = "cpu";
+
+  // Fills defaults and checks the limits against the model (e.g. max_seq_len <= max_position_embeddings).
+  Status finalize(const ModelConfig& model);
+  nlohmann::json to_json() const;
+  static Result<BuildConfig> from_json(const nlohmann::json& j);
+};
+
+struct MemoryPlan {
+  uint64_t weights_bytes = 0;
+  uint64_t kv_bytes_per_token = 0;
+  uint64_t kv_budget_bytes = 0;
+  uint64_t kv_tokens = 0;              // tokens of KV that fit the budget
+  uint64_t tokens_for_full_batch = 0;  // max_batch_size * max_seq_len
+  std::string to_string() const;
+};
+
+// Weight bytes and KV bytes per token of this model at this build config; the KV budget is
+// `kv_fraction` of the host memory available after the weights.
+MemoryPlan plan_memory(const ModelConfig& model, const BuildConfig& build, double kv_fraction);
+
+// checkpoint dir -> engine dir. Prints the plan to `log` when given.
+Status build_engine(const std::string& checkpoint_dir, const std::string& output_dir, BuildConfig build,
+                    std::string* plan_text);
+
+struct Engine {
+  ModelConfig model;
+  BuildConfig build;
+  std::shared_ptr<EngineFile> file;  // rank 0
+};
+
+// Loads and checks an engine dir: versions, config, every tensor present with the expected shape,
+// dtype, layout and size. Errors say what is wrong and what to run.
+Result<Engine> load_engine(const std::string& dir);
+
+}  // namespace kiln

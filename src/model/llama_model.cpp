@@ -1,0 +1,199 @@
+#include "model/llama_model.h"
+
+#include <cmath>
+#include <map>
+
+namespace kiln {
+
+namespace {
+
+Result<Tensor> weight(const Engine& e, Backend& b, const std::string& name) {
+  const EngineTensor* t = e.file->find(name);
+  if (!t) return data_loss("engine tensor '" + name + "' is missing; rebuild the engine with `kiln build`");
+  Tensor host{const_cast<void*>(t->data), t->dtype, t->shape};
+  if (t->layout != "plain") host = Tensor{const_cast<void*>(t->data), DType::kU8, Shape{static_cast<int64_t>(t->nbytes)}};
+  return b.adopt_weight(host, e.file);
+}
+
+Result<LinearWeight> linear(const Engine& e, Backend& b, const std::string& name) {
+  const EngineTensor* t = e.file->find(name);
+  if (!t) return data_loss("engine tensor '" + name + "' is missing; rebuild the engine with `kiln build`");
+  LinearWeight w;
+  KILN_ASSIGN_OR_RETURN(w.data, weight(e, b, name));
+  w.dtype = t->dtype;
+  w.out_features = t->shape[0];
+  w.in_features = t->shape[1];
+  return w;
+}
+
+Result<Tensor> optional_weight(const Engine& e, Backend& b, const std::string& name, bool present) {
+  if (!present) return Tensor{};
+  return weight(e, b, name);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const Engine& engine, Backend& backend) {
+  std::unique_ptr<LlamaModel> m(new LlamaModel(engine, backend));
+  const ModelConfig& c = m->config_;
+  m->file_ = engine.file;
+  KILN_ASSIGN_OR_RETURN(m->embed_, weight(engine, backend, "embed.weight"));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    LayerWeights w;
+    KILN_ASSIGN_OR_RETURN(w.attn_norm, weight(engine, backend, p + "attn_norm.weight"));
+    KILN_ASSIGN_OR_RETURN(w.qkv, linear(engine, backend, p + "attn.qkv.weight"));
+    KILN_ASSIGN_OR_RETURN(w.qkv_bias, optional_weight(engine, backend, p + "attn.qkv.bias", c.qkv_bias));
+    KILN_ASSIGN_OR_RETURN(w.q_norm, optional_weight(engine, backend, p + "attn.q_norm.weight", c.qk_norm));
+    KILN_ASSIGN_OR_RETURN(w.k_norm, optional_weight(engine, backend, p + "attn.k_norm.weight", c.qk_norm));
+    KILN_ASSIGN_OR_RETURN(w.o, linear(engine, backend, p + "attn.o.weight"));
+    KILN_ASSIGN_OR_RETURN(w.o_bias, optional_weight(engine, backend, p + "attn.o.bias", c.o_bias));
+    KILN_ASSIGN_OR_RETURN(w.mlp_norm, weight(engine, backend, p + "mlp_norm.weight"));
+    KILN_ASSIGN_OR_RETURN(w.gate_up, linear(engine, backend, p + "mlp.gate_up.weight"));
+    KILN_ASSIGN_OR_RETURN(w.gate_up_bias, optional_weight(engine, backend, p + "mlp.gate_up.bias", c.mlp_bias));
+    KILN_ASSIGN_OR_RETURN(w.down, linear(engine, backend, p + "mlp.down.weight"));
+    KILN_ASSIGN_OR_RETURN(w.down_bias, optional_weight(engine, backend, p + "mlp.down.bias", c.mlp_bias));
+    m->layers_.push_back(w);
+  }
+  KILN_ASSIGN_OR_RETURN(m->final_norm_, weight(engine, backend, "final_norm.weight"));
+  KILN_ASSIGN_OR_RETURN(m->lm_head_, linear(engine, backend, "lm_head.weight"));
+  return m;
+}
+
+KvCacheSpec LlamaModel::kv_cache_spec(int num_blocks) const {
+  KvCacheSpec s;
+  s.num_layers = static_cast<int>(config_.num_layers);
+  s.num_blocks = num_blocks;
+  s.block_size = build_.tokens_per_block;
+  s.num_kv_heads = static_cast<int>(config_.num_kv_heads);
+  s.head_dim = static_cast<int>(config_.head_dim);
+  s.dtype = build_.kv_cache_dtype;
+  return s;
+}
+
+Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
+  if (T <= ws_tokens_ && R <= ws_logit_rows_) return {};
+  T = std::max(T, ws_tokens_);
+  R = std::max(R, ws_logit_rows_);
+  const ModelConfig& c = config_;
+  // One allocation carved into 64-byte aligned views.
+  struct Part {
+    Tensor* t;
+    DType dtype;
+    Shape shape;
+  };
+  const Part parts[] = {
+      {&ids_, DType::kI32, {T}},
+      {&cos_sin_, DType::kF32, {T, c.rope.rotary_dim}},
+      {&x_, DType::kF32, {T, c.hidden_size}},
+      {&h_, DType::kF32, {T, c.hidden_size}},
+      {&qkv_, DType::kF32, {T, c.qkv_dim()}},
+      {&q_, DType::kF32, {T, c.q_dim()}},
+      {&attn_, DType::kF32, {T, c.q_dim()}},
+      {&proj_, DType::kF32, {T, c.hidden_size}},
+      {&gate_up_, DType::kF32, {T, 2 * c.intermediate_size}},
+      {&act_, DType::kF32, {T, c.intermediate_size}},
+      {&final_h_, DType::kF32, {R, c.hidden_size}},
+      {&logits_, DType::kF32, {R, c.vocab_size}},
+  };
+  size_t total = 0;
+  for (const Part& p : parts) total += (static_cast<size_t>(p.shape.numel()) * dtype_size(p.dtype) + 63) / 64 * 64;
+  KILN_ASSIGN_OR_RETURN(ws_, backend_.allocate(total));
+  size_t off = 0;
+  for (const Part& p : parts) {
+    *p.t = Tensor{static_cast<char*>(ws_.mem.get()) + off, p.dtype, p.shape};
+    off += (p.t->nbytes() + 63) / 64 * 64;
+  }
+  ws_tokens_ = T;
+  ws_logit_rows_ = R;
+  return {};
+}
+
+// cos | sin of every token's position, with the frequencies of its sequence at this step
+// (dynamic NTK and LongRoPE depend on the sequence length).
+void LlamaModel::fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cs) const {
+  const int rot = config_.rope.rotary_dim, half = rot / 2;
+  cs.resize(static_cast<size_t>(batch.token_ids.size()) * rot);
+  for (const SequenceView& s : batch.attention.seqs) {
+    RopeFrequencies f = rope_frequencies(config_.rope, s.context_len);
+    for (int32_t i = 0; i < s.num_new; ++i) {
+      float* row = cs.data() + static_cast<size_t>(s.first_token + i) * rot;
+      rope_cos_sin(f, s.context_len - s.num_new + i, row, row + half);
+    }
+  }
+}
+
+Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector<float>* logits) {
+  const ModelConfig& c = config_;
+  const int64_t T = static_cast<int64_t>(batch.token_ids.size());
+  const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
+  if (T == 0) return invalid_argument("forward: empty batch");
+  if (T > build_.max_num_tokens)
+    return invalid_argument("forward: " + std::to_string(T) + " tokens exceed max_num_tokens=" +
+                            std::to_string(build_.max_num_tokens) + " set at build");
+  for (int32_t id : batch.token_ids)
+    if (id < 0 || id >= c.vocab_size)
+      return invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                              std::to_string(c.vocab_size) + ")");
+  if (R > T) return invalid_argument("forward: more logit rows than tokens");
+  for (int32_t r : batch.logit_rows)
+    if (r < 0 || r >= T) return invalid_argument("forward: logit row out of range");
+  for (const SequenceView& s : batch.attention.seqs) {
+    const int64_t blocks_needed = (s.context_len + kv.spec.block_size - 1) / kv.spec.block_size;
+    if (s.num_new <= 0 || s.context_len < s.num_new || s.first_token < 0 || s.first_token + s.num_new > T ||
+        static_cast<int64_t>(s.block_table.size()) < blocks_needed)
+      return invalid_argument("forward: inconsistent sequence layout");
+    if (s.context_len > build_.max_seq_len)
+      return invalid_argument("sequence length " + std::to_string(s.context_len) + " exceeds max_seq_len=" +
+                              std::to_string(build_.max_seq_len) + " set at build");
+    for (int32_t b : s.block_table)
+      if (b < 0 || b >= kv.spec.num_blocks) return invalid_argument("forward: KV block id out of range");
+  }
+  KILN_RETURN_IF_ERROR(ensure_workspace(T, R));
+  Tensor ids = ids_.rows(0, T), cos_sin = cos_sin_.rows(0, T), x = x_.rows(0, T), h = h_.rows(0, T),
+         qkv = qkv_.rows(0, T), q = q_.rows(0, T), attn = attn_.rows(0, T), proj = proj_.rows(0, T),
+         gate_up = gate_up_.rows(0, T), act = act_.rows(0, T), final_h = final_h_.rows(0, R),
+         out_logits = logits_.rows(0, R);
+
+  std::vector<float> cs;
+  fill_cos_sin(batch, cs);
+  backend_.upload(batch.token_ids.data(), ids);
+  backend_.upload(cs.data(), cos_sin);
+
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  QkvLayout qkv_layout{static_cast<int>(c.num_heads), static_cast<int>(c.num_kv_heads), static_cast<int>(c.head_dim),
+                       c.rope.rotary_dim, eps, nullptr, nullptr};
+  AttentionParams attn_params{static_cast<int>(c.num_heads), static_cast<int>(c.num_kv_heads),
+                              static_cast<int>(c.head_dim), 1.0f / std::sqrt(static_cast<float>(c.head_dim)), 0};
+  auto bias = [](const Tensor& t) { return t.data ? &t : nullptr; };
+
+  backend_.embedding(embed_, ids, x);  // x: the residual stream [T, hidden]
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    LayerWeights& w = layers_[l];
+    if (l == 0) backend_.rmsnorm(x, w.attn_norm, eps, h);
+    else backend_.add_rmsnorm(x, proj, w.attn_norm, eps, h);  // adds the previous layer's MLP output
+    backend_.linear(h, w.qkv, bias(w.qkv_bias), qkv);
+    qkv_layout.q_norm = bias(w.q_norm);
+    qkv_layout.k_norm = bias(w.k_norm);
+    backend_.qkv_rope_kv_write(qkv, qkv_layout, cos_sin, batch.attention, kv.layers[l], q);
+    attn_params.window = static_cast<int32_t>(c.layer_window[l]);
+    backend_.paged_attention(q, kv.layers[l], batch.attention, attn_params, attn);
+    backend_.linear(attn, w.o, bias(w.o_bias), proj);
+    backend_.add_rmsnorm(x, proj, w.mlp_norm, eps, h);
+    backend_.linear(h, w.gate_up, bias(w.gate_up_bias), gate_up);
+    backend_.silu_mul(gate_up, act);
+    backend_.linear(act, w.down, bias(w.down_bias), proj);
+  }
+  // Only the rows whose logits are wanted go through the final norm and the LM head.
+  Tensor last = h.rows(0, R);
+  backend_.gather_rows(x, batch.logit_rows, last);
+  backend_.gather_rows(proj, batch.logit_rows, final_h);
+  backend_.add_rmsnorm(last, final_h, final_norm_, eps, final_h);
+  backend_.linear(final_h, lm_head_, nullptr, out_logits);
+  logits->resize(static_cast<size_t>(R) * c.vocab_size);
+  backend_.download(out_logits, logits->data());
+  backend_.synchronize();
+  return {};
+}
+
+}  // namespace kiln

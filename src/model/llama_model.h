@@ -1,0 +1,67 @@
+// The Llama-family forward pass (Llama, Mistral, Qwen2, Qwen3, Phi-3), written once against the
+// Backend interface, over a flattened batch of tokens from any number of sequences with paged KV.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/engine.h"
+#include "model/rope.h"
+
+namespace kiln {
+
+struct LayerWeights {
+  Tensor attn_norm;          // [hidden] f32
+  LinearWeight qkv;          // [(H + 2*KVH) * D, hidden]
+  Tensor qkv_bias;           // [(H + 2*KVH) * D] f32, or empty
+  Tensor q_norm, k_norm;     // [D] f32, or empty (Qwen3)
+  LinearWeight o;            // [hidden, H * D]
+  Tensor o_bias;             // [hidden] or empty
+  Tensor mlp_norm;           // [hidden]
+  LinearWeight gate_up;      // [2 * inter, hidden] (gate rows, then up rows)
+  Tensor gate_up_bias;       // [2 * inter] or empty
+  LinearWeight down;         // [hidden, inter]
+  Tensor down_bias;          // [hidden] or empty
+};
+
+struct ForwardBatch {
+  std::vector<int32_t> token_ids;  // [T]
+  AttentionBatch attention;        // sequences, their new tokens and block tables
+  std::vector<int32_t> logit_rows; // tokens (indices into token_ids) whose logits are wanted
+};
+
+class LlamaModel {
+ public:
+  static Result<std::unique_ptr<LlamaModel>> load(const Engine& engine, Backend& backend);
+
+  const ModelConfig& config() const { return config_; }
+  const BuildConfig& build() const { return build_; }
+  KvCacheSpec kv_cache_spec(int num_blocks) const;
+
+  // Runs the batch, writing each sequence's new K/V into `kv`, and returns f32 logits
+  // [logit_rows.size(), vocab] in `logits` (host).
+  Status forward(const ForwardBatch& batch, KvStorage& kv, std::vector<float>* logits);
+
+ private:
+  LlamaModel(const Engine& engine, Backend& backend) : config_(engine.model), build_(engine.build), backend_(backend) {}
+  Status ensure_workspace(int64_t tokens, int64_t logit_rows);
+  void fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cos_sin) const;
+
+  ModelConfig config_;
+  BuildConfig build_;
+  Backend& backend_;
+  std::shared_ptr<EngineFile> file_;  // keeps the mapped weights alive
+  Tensor embed_;                       // [vocab, hidden]
+  std::vector<LayerWeights> layers_;
+  Tensor final_norm_;                  // [hidden]
+  LinearWeight lm_head_;               // [vocab, hidden]
+
+  // Activation workspace, grown on demand; views are [T, ...] of the current batch.
+  int64_t ws_tokens_ = 0, ws_logit_rows_ = 0;
+  DeviceBuffer ws_;
+  Tensor ids_, cos_sin_, x_, h_, qkv_, q_, attn_, proj_, gate_up_, act_, final_h_, logits_;
+};
+
+}  // namespace kiln

@@ -1,0 +1,47 @@
+#include "model/weight_names.h"
+
+namespace kiln {
+
+std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
+  const bool phi3 = c.architecture == "Phi3ForCausalLM";  // ships fused qkv_proj and gate_up_proj
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  std::vector<WeightSpec> w;
+  w.push_back({"embed.weight", {c.vocab_size, H}, WeightKind::kEmbedding, {"model.embed_tokens.weight"}});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string hf = "model.layers." + std::to_string(l) + ".";
+    const std::string k = "layers." + std::to_string(l) + ".";
+    w.push_back({k + "attn_norm.weight", {H}, WeightKind::kVector, {hf + "input_layernorm.weight"}});
+    if (phi3) {
+      w.push_back({k + "attn.qkv.weight", {c.qkv_dim(), H}, WeightKind::kLinear, {hf + "self_attn.qkv_proj.weight"}});
+    } else {
+      w.push_back({k + "attn.qkv.weight", {c.qkv_dim(), H}, WeightKind::kLinear,
+                   {hf + "self_attn.q_proj.weight", hf + "self_attn.k_proj.weight", hf + "self_attn.v_proj.weight"}});
+    }
+    if (c.qkv_bias)
+      w.push_back({k + "attn.qkv.bias", {c.qkv_dim()}, WeightKind::kVector,
+                   {hf + "self_attn.q_proj.bias", hf + "self_attn.k_proj.bias", hf + "self_attn.v_proj.bias"}});
+    if (c.qk_norm) {
+      w.push_back({k + "attn.q_norm.weight", {c.head_dim}, WeightKind::kVector, {hf + "self_attn.q_norm.weight"}});
+      w.push_back({k + "attn.k_norm.weight", {c.head_dim}, WeightKind::kVector, {hf + "self_attn.k_norm.weight"}});
+    }
+    w.push_back({k + "attn.o.weight", {H, c.q_dim()}, WeightKind::kLinear, {hf + "self_attn.o_proj.weight"}});
+    if (c.o_bias) w.push_back({k + "attn.o.bias", {H}, WeightKind::kVector, {hf + "self_attn.o_proj.bias"}});
+    w.push_back({k + "mlp_norm.weight", {H}, WeightKind::kVector, {hf + "post_attention_layernorm.weight"}});
+    if (phi3) {
+      w.push_back({k + "mlp.gate_up.weight", {2 * I, H}, WeightKind::kLinear, {hf + "mlp.gate_up_proj.weight"}});
+    } else {
+      w.push_back({k + "mlp.gate_up.weight", {2 * I, H}, WeightKind::kLinear,
+                   {hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"}});
+    }
+    if (c.mlp_bias)
+      w.push_back({k + "mlp.gate_up.bias", {2 * I}, WeightKind::kVector, {hf + "mlp.gate_proj.bias", hf + "mlp.up_proj.bias"}});
+    w.push_back({k + "mlp.down.weight", {H, I}, WeightKind::kLinear, {hf + "mlp.down_proj.weight"}});
+    if (c.mlp_bias) w.push_back({k + "mlp.down.bias", {H}, WeightKind::kVector, {hf + "mlp.down_proj.bias"}});
+  }
+  w.push_back({"final_norm.weight", {H}, WeightKind::kVector, {"model.norm.weight"}});
+  if (!c.tie_word_embeddings)
+    w.push_back({"lm_head.weight", {c.vocab_size, H}, WeightKind::kLinear, {"lm_head.weight"}});
+  return w;
+}
+
+}  // namespace kiln
