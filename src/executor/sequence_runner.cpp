@@ -50,6 +50,7 @@ Result<GreedyResult> SequenceRunner::generate(const std::vector<int32_t>& prompt
     fb.token_ids.assign(prompt.begin() + done, prompt.begin() + done + chunk);
     fb.attention.seqs.push_back({0, chunk, done + chunk, block_table_});
     fb.attention.num_tokens = chunk;
+    fb.rope_seq_len = {n};
     fb.attention.block_size = b.tokens_per_block;
     if (o.return_prompt_logits) {
       fb.logit_rows.resize(chunk);

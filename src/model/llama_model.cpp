@@ -114,8 +114,10 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
 void LlamaModel::fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cs) const {
   const int rot = config_.rope.rotary_dim, half = rot / 2;
   cs.resize(static_cast<size_t>(batch.token_ids.size()) * rot);
-  for (const SequenceView& s : batch.attention.seqs) {
-    RopeFrequencies f = rope_frequencies(config_.rope, s.context_len);
+  for (size_t i = 0; i < batch.attention.seqs.size(); ++i) {
+    const SequenceView& s = batch.attention.seqs[i];
+    const int32_t len = i < batch.rope_seq_len.size() ? std::max(s.context_len, batch.rope_seq_len[i]) : s.context_len;
+    RopeFrequencies f = rope_frequencies(config_.rope, len);
     for (int32_t i = 0; i < s.num_new; ++i) {
       float* row = cs.data() + static_cast<size_t>(s.first_token + i) * rot;
       rope_cos_sin(f, s.context_len - s.num_new + i, row, row + half);

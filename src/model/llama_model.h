@@ -30,6 +30,10 @@ struct ForwardBatch {
   std::vector<int32_t> token_ids;  // [T]
   AttentionBatch attention;        // sequences, their new tokens and block tables
   std::vector<int32_t> logit_rows; // tokens (indices into token_ids) whose logits are wanted
+  // Per sequence (optional): the length that length-dependent RoPE (dynamic NTK, LongRoPE) picks its
+  // frequencies from, when larger than context_len. A chunked prefill passes the whole prompt length so
+  // that every chunk rotates as the unchunked prompt would.
+  std::vector<int32_t> rope_seq_len;
 };
 
 class LlamaModel {
