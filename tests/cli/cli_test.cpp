@@ -1,0 +1,109 @@
+// The kiln program as a user runs it: convert -> build -> run, flags, and error messages.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+struct CliRun {
+  int code;
+  std::string output;  // stdout and stderr
+};
+
+CliRun kiln(const std::string& args) {
+  std::string cmd = std::string(KILN_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  // convert + build the qwen3 fixture (bf16 weights, per-head q/k norm) once for the suite
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir();
+    CliRun c = kiln("convert --model_dir " + test::data_path("models/qwen3") + " --output_dir " + dir_->sub("ckpt") +
+                 " --dtype float32");
+    ASSERT_EQ(c.code, 0) << c.output;
+    CliRun b = kiln("build --checkpoint_dir " + dir_->sub("ckpt") + " --output_dir " + dir_->sub("engine") +
+                 " --max_batch_size 2 --max_input_len 128 --max_output_len 32 --gemm_plugin float32");
+    ASSERT_EQ(b.code, 0) << b.output;
+    ASSERT_NE(b.output.find("KV cache per token"), std::string::npos) << "build prints its plan:\n" << b.output;
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  static test::TempDir* dir_;
+};
+test::TempDir* CliTest::dir_ = nullptr;
+
+TEST_F(CliTest, RunPrintsJsonWithLogProbsMatchingTransformers) {
+  std::ifstream in(test::data_path("models/qwen3/golden.json"));
+  auto golden = nlohmann::json::parse(in)["cases"][1];
+  std::ofstream(dir_->sub("prompts.jsonl")) << golden["prompt"].dump() << "\n\n" << "[5, 6, 7]\n";
+  CliRun r = kiln("run --engine_dir " + dir_->sub("engine") + " --input_file " + dir_->sub("prompts.jsonl") +
+               " --max_output_len 24 --json --ignore_eos");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::istringstream lines(r.output);
+  std::string line;
+  std::vector<nlohmann::json> outs;
+  while (std::getline(lines, line)) outs.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(outs.size(), 2u);
+  EXPECT_EQ(outs[0]["output_ids"], golden["greedy_24"]);
+  ASSERT_EQ(outs[0]["log_probs"].size(), 24u);
+  for (int i = 0; i < 24; ++i)
+    EXPECT_NEAR(outs[0]["log_probs"][i].get<double>(), golden["greedy_logprobs"][i].get<double>(), 1e-3);
+  EXPECT_EQ(outs[1]["output_ids"].size(), 24u);
+  EXPECT_EQ(outs[1]["finish_reason"], "length");
+}
+
+TEST_F(CliTest, RunWithInputIdsPrintsText) {
+  CliRun r = kiln("run --engine_dir " + dir_->sub("engine") + " --input_ids 1,2,3 --max_output_len 4");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("Input [0]: 1,2,3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Output [0]: "), std::string::npos) << r.output;
+}
+
+TEST_F(CliTest, RunRefusesBadInput) {
+  const std::string e = "run --engine_dir " + dir_->sub("engine");
+  CliRun r = kiln(e + " --input_ids 1,x,3 --max_output_len 4");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("'x' is not a token id"), std::string::npos) << r.output;
+  r = kiln(e + " --input_ids 1,2,99999 --max_output_len 4");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("token id 99999 is outside the vocabulary [0, 512)"), std::string::npos) << r.output;
+  r = kiln(e + " --input_ids 1,2 --max_output_len 200");
+  EXPECT_NE(r.output.find("exceeds max_seq_len=160"), std::string::npos) << r.output;
+  std::ofstream(dir_->sub("bad.jsonl")) << "[1, 2]\n{\"ids\": [1]}\n";
+  r = kiln(e + " --input_file " + dir_->sub("bad.jsonl") + " --max_output_len 4");
+  EXPECT_NE(r.output.find("bad.jsonl:2: expected a JSON list"), std::string::npos) << r.output;
+  r = kiln(e + " --max_output_len 4");
+  EXPECT_NE(r.output.find("give --input_ids or --input_file"), std::string::npos) << r.output;
+}
+
+TEST_F(CliTest, FlagsAreChecked) {
+  CliRun r = kiln("build --checkpoint_dir x --output_dir y --max_batch_size 1 --max_input_len 8 --max_seqlen 9");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("unknown flag --max_seqlen"), std::string::npos) << r.output;
+  r = kiln("build --checkpoint_dir " + dir_->sub("ckpt") + " --output_dir " + dir_->sub("e2") + " --max_input_len 8");
+  EXPECT_NE(r.output.find("give --max_seq_len or --max_output_len"), std::string::npos) << r.output;
+  r = kiln("convert --model_dir /nonexistent --output_dir " + dir_->sub("c2") + " --dtype float64");
+  EXPECT_NE(r.output.find("--dtype 'float64'"), std::string::npos) << r.output;
+  r = kiln("frobnicate");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("unknown command 'frobnicate'"), std::string::npos) << r.output;
+  r = kiln("run --help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("--max_output_len"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace kiln
