@@ -13,6 +13,8 @@ int cmd_convert(const std::vector<std::string>& argv) {
       {"dtype", true, "float32 | float16 | bfloat16 (default: the model's own dtype)"},
       {"tp_size", true, "tensor-parallel ranks (1)"},
       {"pp_size", true, "pipeline-parallel ranks (1)"},
+      {"random_weights", false, "draw weights at init scale instead of reading them (needs --config)"},
+      {"config", true, "HF-style config.json / *.shape.json for --random_weights"},
   };
   if (wants_help(argv)) {
     std::fputs(usage("convert", "Reads a Hugging Face checkpoint and writes a Kiln checkpoint dir.", specs).c_str(), stdout);
@@ -21,7 +23,14 @@ int cmd_convert(const std::vector<std::string>& argv) {
   auto run = [&]() -> Status {
     KILN_ASSIGN_OR_RETURN(Args a, Args::parse(argv, specs));
     ConvertOptions o;
-    KILN_ASSIGN_OR_RETURN(o.model_dir, a.require("model_dir"));
+    o.random_weights = a.has("random_weights");
+    if (o.random_weights) {
+      KILN_ASSIGN_OR_RETURN(o.config_path, a.require("config"));
+      if (!a.has("dtype")) return invalid_argument("--random_weights needs --dtype");
+    } else {
+      if (a.has("config")) return invalid_argument("--config is only used with --random_weights");
+      KILN_ASSIGN_OR_RETURN(o.model_dir, a.require("model_dir"));
+    }
     KILN_ASSIGN_OR_RETURN(o.output_dir, a.require("output_dir"));
     KILN_ASSIGN_OR_RETURN(int64_t tp, a.get_int("tp_size", 1));
     KILN_ASSIGN_OR_RETURN(int64_t pp, a.get_int("pp_size", 1));

@@ -1,9 +1,16 @@
 #include "core/thread_pool.h"
 
+#include <immintrin.h>
+
+#include <chrono>
 #include <cstdlib>
-#include <string>
 
 namespace kiln {
+
+namespace {
+// How long an idle worker spins before it sleeps.
+constexpr auto kSpinFor = std::chrono::microseconds(2000);
+}  // namespace
 
 ThreadPool::ThreadPool(int num_threads) {
   if (num_threads <= 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
@@ -16,26 +23,30 @@ ThreadPool::~ThreadPool() {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
-  cv_start_.notify_all();
+  cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int, int)>* job;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_start_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      job = job_;
+    // Spin for new work for a while, then sleep until notified.
+    auto spin_start = std::chrono::steady_clock::now();
+    uint32_t spins = 0;
+    while (generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_relaxed)) {
+      _mm_pause();
+      if ((++spins & 1023) == 0 && std::chrono::steady_clock::now() - spin_start > kSpinFor) {
+        std::unique_lock<std::mutex> lock(mu_);
+        sleepers_.fetch_add(1);
+        cv_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
+        sleepers_.fetch_sub(1);
+        break;
+      }
     }
-    (*job)(index, num_threads());
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) cv_done_.notify_one();
-    }
+    if (stop_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
+    (*job_)(index, num_threads());
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
@@ -44,16 +55,16 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     fn(0, 1);
     return;
   }
-  {
+  std::lock_guard<std::mutex> caller(run_mu_);
+  job_ = &fn;
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  generation_.fetch_add(1);  // seq_cst: pairs with sleepers_ in worker_loop (no lost wake-up)
+  if (sleepers_.load() > 0) {
     std::lock_guard<std::mutex> lock(mu_);
-    job_ = &fn;
-    pending_ = static_cast<int>(workers_.size());
-    ++generation_;
+    cv_.notify_all();
   }
-  cv_start_.notify_all();
   fn(0, num_threads());
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_done_.wait(lock, [&] { return pending_ == 0; });
+  while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {

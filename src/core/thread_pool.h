@@ -1,5 +1,9 @@
 // A fixed pool of worker threads for data-parallel loops inside one forward pass.
 // The calling thread takes part, so a pool of N threads runs N-1 workers.
+//
+// A decode step dispatches hundreds of short loops, so waking workers through the kernel each time
+// would cost more than the work: workers spin (with pause) for a short while after each job and only
+// then sleep on a condition variable.
 #pragma once
 
 #include <atomic>
@@ -23,7 +27,7 @@ class ThreadPool {
   int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Calls fn(thread_index, num_threads) once on every thread and waits for all.
-  // Not reentrant: fn must not call run() on the same pool.
+  // Not reentrant: fn must not call run() on the same pool; one caller at a time.
   void run(const std::function<void(int, int)>& fn);
 
   // Splits [0, n) into contiguous chunks, one per thread: fn(begin, end).
@@ -36,13 +40,14 @@ class ThreadPool {
   void worker_loop(int index);
 
   std::vector<std::thread> workers_;
+  std::mutex run_mu_;  // serializes callers of run()
   std::mutex mu_;
-  std::condition_variable cv_start_;
-  std::condition_variable cv_done_;
+  std::condition_variable cv_;
   const std::function<void(int, int)>* job_ = nullptr;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace kiln

@@ -52,6 +52,80 @@ bool all_finite(const HostBuffer& buf, DType t, int64_t n) {
 
 }  // namespace
 
+namespace {
+
+Status write_checkpoint(const ConvertOptions& o, const ModelConfig& config, const std::vector<SafetensorsTensorToWrite>& out) {
+  std::error_code ec;
+  fs::create_directories(o.output_dir, ec);
+  if (ec) return invalid_argument("--output_dir " + o.output_dir + ": " + ec.message());
+  KILN_RETURN_IF_ERROR(write_safetensors(checkpoint_rank_file(o.output_dir, 0), out, {{"format", "kiln-checkpoint"}}));
+  json info = {{"kiln_checkpoint_version", kCheckpointFormatVersion},
+               {"kiln_version", KILN_VERSION},
+               {"dtype", dtype_name(o.dtype)},
+               {"tp_size", o.tp_size},
+               {"pp_size", o.pp_size},
+               {"random_weights", o.random_weights},
+               {"model", config.to_json()}};
+  return write_text_file((fs::path(o.output_dir) / "config.json").string(), info.dump(2) + "\n");
+}
+
+// Fast deterministic normal samples (xorshift + Box-Muller); quality is ample for random test weights.
+class NormalSampler {
+ public:
+  explicit NormalSampler(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  float next() {
+    if (has_spare_) {
+      has_spare_ = false;
+      return spare_;
+    }
+    double u1 = (static_cast<double>(bits() >> 11) + 1.0) / 9007199254740993.0;
+    double u2 = static_cast<double>(bits() >> 11) / 9007199254740992.0;
+    double r = std::sqrt(-2.0 * std::log(u1)), t = 6.283185307179586 * u2;
+    spare_ = static_cast<float>(r * std::sin(t));
+    has_spare_ = true;
+    return static_cast<float>(r * std::cos(t));
+  }
+
+ private:
+  uint64_t bits() {
+    s_ ^= s_ << 13;
+    s_ ^= s_ >> 7;
+    s_ ^= s_ << 17;
+    return s_;
+  }
+  uint64_t s_;
+  float spare_ = 0;
+  bool has_spare_ = false;
+};
+
+Status convert_random(const ConvertOptions& o) {
+  KILN_ASSIGN_OR_RETURN(json hf_config, read_json_file(o.config_path));
+  KILN_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::from_hf(hf_config, nullptr));
+  const double stddev = hf_config.value("initializer_range", 0.02);
+  NormalSampler rng(o.seed);
+  std::vector<HostBuffer> buffers;
+  std::vector<SafetensorsTensorToWrite> out;
+  std::vector<float> row;
+  for (const WeightSpec& spec : weight_specs(config)) {
+    const DType to = spec.kind == WeightKind::kVector ? DType::kF32 : o.dtype;
+    const int64_t n = spec.shape.numel();
+    HostBuffer buf(static_cast<size_t>(n) * dtype_size(to));
+    const bool is_norm = spec.name.find("norm") != std::string::npos;
+    row.resize(static_cast<size_t>(std::min<int64_t>(n, 1 << 16)));
+    for (int64_t i = 0; i < n; i += static_cast<int64_t>(row.size())) {
+      const int64_t len = std::min<int64_t>(static_cast<int64_t>(row.size()), n - i);
+      for (int64_t j = 0; j < len; ++j)
+        row[j] = spec.kind == WeightKind::kVector ? (is_norm ? 1.0f : 0.0f) : static_cast<float>(stddev) * rng.next();
+      convert_floats(row.data(), DType::kF32, static_cast<char*>(buf.data()) + i * dtype_size(to), to, len);
+    }
+    out.push_back({spec.name, to, spec.shape, buf.data()});
+    buffers.push_back(std::move(buf));
+  }
+  return write_checkpoint(o, config, out);
+}
+
+}  // namespace
+
 Status convert_hf_checkpoint(const ConvertOptions& o) {
   if (o.dtype != DType::kF32 && o.dtype != DType::kF16 && o.dtype != DType::kBF16)
     return invalid_argument(std::string("--dtype ") + dtype_name(o.dtype) + " is not supported (float32, float16, bfloat16)");
@@ -59,6 +133,7 @@ Status convert_hf_checkpoint(const ConvertOptions& o) {
   if (o.tp_size * o.pp_size != 1)
     return unimplemented("--tp_size " + std::to_string(o.tp_size) + " --pp_size " + std::to_string(o.pp_size) +
                          ": multi-rank checkpoints come with tensor/pipeline parallelism, which Kiln does not have yet; use 1");
+  if (o.random_weights) return convert_random(o);
   const fs::path dir(o.model_dir);
   if (!fs::is_directory(dir)) return not_found("--model_dir " + o.model_dir + " is not a directory");
   if (!fs::exists(dir / "config.json")) return not_found(o.model_dir + " has no config.json (is it a Hugging Face model folder?)");
@@ -118,17 +193,7 @@ Status convert_hf_checkpoint(const ConvertOptions& o) {
                             " with this config.json");
   }
 
-  std::error_code ec;
-  fs::create_directories(o.output_dir, ec);
-  if (ec) return invalid_argument("--output_dir " + o.output_dir + ": " + ec.message());
-  KILN_RETURN_IF_ERROR(write_safetensors(checkpoint_rank_file(o.output_dir, 0), out, {{"format", "kiln-checkpoint"}}));
-  json info = {{"kiln_checkpoint_version", kCheckpointFormatVersion},
-               {"kiln_version", KILN_VERSION},
-               {"dtype", dtype_name(o.dtype)},
-               {"tp_size", o.tp_size},
-               {"pp_size", o.pp_size},
-               {"model", config.to_json()}};
-  return write_text_file((fs::path(o.output_dir) / "config.json").string(), info.dump(2) + "\n");
+  return write_checkpoint(o, config, out);
 }
 
 Result<CheckpointInfo> read_checkpoint_info(const std::string& dir) {

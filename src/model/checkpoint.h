@@ -16,6 +16,12 @@ struct ConvertOptions {
   DType dtype = DType::kF32;  // weights of linear layers and embeddings; norms and biases stay f32
   int tp_size = 1;
   int pp_size = 1;
+  // Speed and memory work without real weights: `config_path` is an HF-style config.json (e.g. a
+  // *.shape.json) and weights are drawn at the model's init scale (normal, std = initializer_range,
+  // default 0.02; norms 1, biases 0), so activations stay finite. model_dir is not read.
+  bool random_weights = false;
+  std::string config_path;
+  uint64_t seed = 1234;
 };
 
 struct CheckpointInfo {
