@@ -28,7 +28,7 @@ class ConvertTest : public ::testing::Test {
   }
   void write_config(const json& j) { std::ofstream(hf_.sub("config.json")) << j.dump(); }
   Status convert(DType dtype = DType::kF32, int tp = 1) {
-    return convert_hf_checkpoint({hf_.path(), out_.sub("ckpt"), dtype, tp, 1});
+    return convert_hf_checkpoint({.model_dir = hf_.path(), .output_dir = out_.sub("ckpt"), .dtype = dtype, .tp_size = tp});
   }
   // Rewrites model.safetensors with `edit` applied to its tensors.
   void rewrite_weights(const std::function<void(std::vector<SafetensorsTensorToWrite>&, std::vector<std::vector<char>>&)>& edit) {

@@ -20,7 +20,7 @@ using nlohmann::json;
 class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(convert_hf_checkpoint({test::data_path("models/qwen2"), ckpt(), DType::kF32, 1, 1}).ok());
+    ASSERT_TRUE(convert_hf_checkpoint({.model_dir = test::data_path("models/qwen2"), .output_dir = ckpt(), .dtype = DType::kF32}).ok());
   }
   std::string ckpt() const { return dir_.sub("ckpt"); }
   std::string engine() const { return dir_.sub("engine"); }

@@ -57,7 +57,7 @@ struct Tolerance {
 // Converts an HF dir, builds an engine, and checks every golden case.
 void check_model(const std::string& hf_dir, const std::string& golden_dir, DType dtype, int64_t max_num_tokens = 0) {
   test::TempDir tmp;
-  ConvertOptions co{hf_dir, tmp.sub("ckpt"), dtype, 1, 1};
+  ConvertOptions co{.model_dir = hf_dir, .output_dir = tmp.sub("ckpt"), .dtype = dtype};
   Status s = convert_hf_checkpoint(co);
   ASSERT_TRUE(s.ok()) << s.to_string();
   BuildConfig bc;
