@@ -110,12 +110,11 @@ void CpuBackend::paged_attention(const Tensor& q, const KvLayer& kv, const Atten
 
 void CpuBackend::silu_mul(const Tensor& gate_up, Tensor& out) {
   const int64_t inter = out.dim(-1), rows = out.numel() / inter;
+  const auto& ops = cpu::vec_ops();
   pool_.parallel_for(rows, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const float* g = gate_up.as<float>() + r * 2 * inter;
-      const float* u = g + inter;
-      float* o = out.as<float>() + r * inter;
-      for (int64_t i = 0; i < inter; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+      ops.silu_mul(g, g + inter, out.as<float>() + r * inter, inter);
     }
   });
 }

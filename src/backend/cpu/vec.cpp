@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/simd_exp.h"
 #include "core/cpu_features.h"
 
 namespace kiln::cpu {
@@ -34,6 +35,12 @@ void to_f32_scalar(const void* src, DType type, float* dst, int64_t n) {
 }
 void from_f32_scalar(const float* src, void* dst, DType type, int64_t n) {
   convert_floats(src, DType::kF32, dst, type, static_cast<size_t>(n));
+}
+void exp_scalar(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i]);
+}
+void silu_mul_scalar(const float* g, const float* u, float* o, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
 // ---------------------------------------------------------------- avx2
@@ -90,7 +97,27 @@ KILN_AVX2 void to_f32_avx2(const void* src, DType type, float* dst, int64_t n) {
   if (i < n) to_f32_scalar(s + i, type, dst + i, n - i);
 }
 
+KILN_AVX2 void exp_avx2(const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, simd::exp_ps(_mm256_loadu_ps(x + i)));
+  for (; i < n; ++i) y[i] = std::exp(x[i]);
+}
+KILN_AVX2 void silu_mul_avx2(const float* g, const float* u, float* o, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 gv = _mm256_loadu_ps(g + i);
+    const __m256 e = simd::exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+    _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e)),
+                                          _mm256_loadu_ps(u + i)));
+  }
+  if (i < n) silu_mul_scalar(g + i, u + i, o + i, n - i);
+}
+
 // ---------------------------------------------------------------- avx512
+// (GCC 12 false positive on its intrinsics' undefined placeholders: see simd_exp.h.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define KILN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 KILN_AVX512 float dot_avx512(const float* a, const float* b, int64_t n) {
   __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
@@ -142,9 +169,31 @@ KILN_AVX512 void to_f32_avx512(const void* src, DType type, float* dst, int64_t 
   if (i < n) to_f32_scalar(s + i, type, dst + i, n - i);
 }
 
-constexpr VecOps kScalar{dot_scalar, axpy_scalar, scale_scalar, sum_squares_scalar, to_f32_scalar, from_f32_scalar, "scalar"};
-constexpr VecOps kAvx2{dot_avx2, axpy_avx2, scale_avx2, sum_squares_avx2, to_f32_avx2, from_f32_scalar, "avx2"};
-constexpr VecOps kAvx512{dot_avx512, axpy_avx512, scale_avx512, sum_squares_avx512, to_f32_avx512, from_f32_scalar, "avx512"};
+KILN_AVX512 void exp_avx512(const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, simd::exp_ps(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(y + i, m, simd::exp_ps(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+KILN_AVX512 inline __m512 silu_mul16(__m512 g, __m512 u) {
+  const __m512 e = simd::exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g));
+  return _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), u);
+}
+KILN_AVX512 void silu_mul_avx512(const float* g, const float* u, float* o, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(o + i, silu_mul16(_mm512_loadu_ps(g + i), _mm512_loadu_ps(u + i)));
+  if (i < n) {
+    __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(o + i, m, silu_mul16(_mm512_maskz_loadu_ps(m, g + i), _mm512_maskz_loadu_ps(m, u + i)));
+  }
+}
+#pragma GCC diagnostic pop
+
+constexpr VecOps kScalar{dot_scalar, axpy_scalar, scale_scalar, sum_squares_scalar, to_f32_scalar, from_f32_scalar, exp_scalar, silu_mul_scalar, "scalar"};
+constexpr VecOps kAvx2{dot_avx2, axpy_avx2, scale_avx2, sum_squares_avx2, to_f32_avx2, from_f32_scalar, exp_avx2, silu_mul_avx2, "avx2"};
+constexpr VecOps kAvx512{dot_avx512, axpy_avx512, scale_avx512, sum_squares_avx512, to_f32_avx512, from_f32_scalar, exp_avx512, silu_mul_avx512, "avx512"};
 
 }  // namespace
 

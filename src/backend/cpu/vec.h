@@ -16,6 +16,10 @@ struct VecOps {
   void (*to_f32)(const void* src, DType type, float* dst, int64_t n);
   // dst[i] = type(src[i]) (round to nearest even) for dst of type F32, BF16 or F16.
   void (*from_f32)(const float* src, void* dst, DType type, int64_t n);
+  // y[i] = exp(x[i]) (relative error < 2e-7; x may equal y).
+  void (*exp)(const float* x, float* y, int64_t n);
+  // out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
+  void (*silu_mul)(const float* gate, const float* up, float* out, int64_t n);
   const char* isa;
 };
 
