@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
     for (int i = 0; i < prompt_len; ++i) prompt[i] = 1 + (i * 7919) % static_cast<int>(engine->model.vocab_size - 1);
     GreedyOptions opt;
     opt.stop_at_eos = false;
+    opt.return_log_probs = false;  // engine speed, as llama-bench measures it
 
     // Prompt processing: prefill only (one output token comes from the prefill's logits).
     double best_pp = 1e30;

@@ -32,6 +32,17 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// The 1-minute load average: the numbers are only meaningful on an otherwise idle machine.
+std::string load_average() {
+  std::FILE* f = std::fopen("/proc/loadavg", "r");
+  if (!f) return "?";
+  char buf[64] = {};
+  const char* ok = std::fgets(buf, sizeof buf, f);
+  std::fclose(f);
+  std::string s = ok ? buf : "?";
+  return s.substr(0, s.find(' '));
+}
+
 struct Aligned {
   explicit Aligned(size_t bytes) : p(std::aligned_alloc(64, (bytes + 63) / 64 * 64)), size(bytes) {
     if (!p) {
@@ -139,7 +150,7 @@ double peak_gflops(ThreadPool& pool, float (*loop)(int64_t), double flops_per_it
   const int64_t iters = 2000000;
   double best = 0;
   std::atomic<float> sink{0};
-  for (int r = 0; r < 3; ++r) {
+  for (int r = 0; r < 6; ++r) {
     auto t0 = Clock::now();
     pool.run([&](int, int) { sink = sink + loop(iters); });
     best = std::max(best, flops_per_iter * iters * pool.num_threads() / seconds_since(t0) / 1e9);
@@ -154,8 +165,9 @@ double time_gemm(kiln::cpu::Isa isa, const std::vector<Aligned*>& copies, DType 
   // Warm-up (also grows the per-thread scratch).
   kiln::cpu::gemm_with_isa(isa, x, k, m, copies[0]->p, wtype, n, k, bias, y, n, pool);
   double best = 1e30;
-  // Best of 3 rounds, each at least min_seconds / 3 long and a whole number of passes over the copies.
-  for (int round = 0; round < 3; ++round) {
+  // Best of 8 rounds (other processes on the machine only ever make a round slower), each at least
+  // min_seconds / 8 long and a whole number of passes over the copies.
+  for (int round = 0; round < 8; ++round) {
     int64_t calls = 0;
     auto t0 = Clock::now();
     double el = 0;
@@ -163,7 +175,7 @@ double time_gemm(kiln::cpu::Isa isa, const std::vector<Aligned*>& copies, DType 
       for (Aligned* c : copies) kiln::cpu::gemm_with_isa(isa, x, k, m, c->p, wtype, n, k, bias, y, n, pool);
       calls += static_cast<int64_t>(copies.size());
       el = seconds_since(t0);
-    } while (el < min_seconds / 3);
+    } while (el < min_seconds / 8);
     best = std::min(best, el / calls);
   }
   return best;
@@ -180,6 +192,10 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "--isa" && i + 1 < argc) {
       std::string v = argv[++i];
+      if (v != "scalar" && v != "avx2" && v != "avx512") {
+        std::fprintf(stderr, "unknown ISA %s\n", v.c_str());
+        return 2;
+      }
       isa = v == "scalar" ? Isa::kScalar : v == "avx2" ? Isa::kAvx2 : Isa::kAvx512;
     } else if (a == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
@@ -198,9 +214,9 @@ int main(int argc, char** argv) {
   const double min_s = quick ? 0.15 : 0.6;
 
   const auto& cf = kiln::cpu_features();
-  std::printf("cpu: %s; threads: %d; isa: %s\n", cf.to_string().c_str(), pool.num_threads(),
-              kiln::cpu::isa_name(isa));
-  const double mem_bw = memory_read_gbps(pool, quick ? 3 : 6);
+  std::printf("cpu: %s; threads: %d; isa: %s; load average before: %s\n", cf.to_string().c_str(),
+              pool.num_threads(), kiln::cpu::isa_name(isa), load_average().c_str());
+  const double mem_bw = memory_read_gbps(pool, quick ? 4 : 12);
   std::printf("memory read bandwidth (%d threads summing 512 MiB): %.1f GB/s\n", pool.num_threads(), mem_bw);
   double peak_bf16 = 0, peak_fma = 0;
   if (cf.avx512f && cf.avx512_bf16) peak_bf16 = peak_gflops(pool, &dpbf16_loop, 24.0 * 64);
@@ -263,5 +279,6 @@ int main(int argc, char** argv) {
       for (Aligned* c : copies) delete c;
     }
   }
+  std::printf("\nload average after: %s\n", load_average().c_str());
   return 0;
 }

@@ -9,7 +9,7 @@ namespace kiln {
 float log_softmax_at(const float* logits, int64_t n, int64_t index) {
   float mx = *std::max_element(logits, logits + n);
   double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(logits[i] - mx);
   return static_cast<float>(static_cast<double>(logits[index]) - mx - std::log(sum));
 }
 
@@ -69,7 +69,7 @@ Result<GreedyResult> SequenceRunner::generate(const std::vector<int32_t>& prompt
     const float* row = logits.data() + logits.size() - c.vocab_size;
     const int32_t token = argmax(row, c.vocab_size);
     result.output_ids.push_back(token);
-    result.log_probs.push_back(log_softmax_at(row, c.vocab_size, token));
+    if (o.return_log_probs) result.log_probs.push_back(log_softmax_at(row, c.vocab_size, token));
     if (o.stop_at_eos && std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), token) != c.eos_token_ids.end()) {
       result.stopped_at_eos = true;
       break;

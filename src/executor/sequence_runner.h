@@ -13,6 +13,7 @@ struct GreedyOptions {
   int64_t max_new_tokens = 16;
   bool stop_at_eos = true;         // stop after emitting one of the model's EOS ids
   bool return_prompt_logits = false;  // logits at every prompt position (for golden tests)
+  bool return_log_probs = true;       // log-softmax of each chosen token (a pass over the vocabulary)
 };
 
 struct GreedyResult {
@@ -23,7 +24,7 @@ struct GreedyResult {
   bool stopped_at_eos = false;
 };
 
-// log_softmax(logits)[index], computed stably in double.
+// log_softmax(logits)[index], computed stably (float exp, double sum).
 float log_softmax_at(const float* logits, int64_t n, int64_t index);
 // Index of the largest value (the first one on ties).
 int32_t argmax(const float* logits, int64_t n);

@@ -368,6 +368,35 @@ TEST(CpuGemm, IsasAgreeBitwise) {
   }
 }
 
+// A NaN or Inf in one row of x poisons that row of y only.
+TEST(CpuGemm, NonFiniteRowsStayInTheirRow) {
+  ThreadPool pool(2);
+  std::mt19937 rng(9);
+  const int64_t m = 11, n = 70, k = 45;
+  for (Isa isa : available_isas()) {
+    for (DType wt : kWeightTypes) {
+      Weights w(rng, wt, n, k);
+      std::vector<float> x = random_floats(rng, m * k);
+      std::vector<float> clean(m * n), y(m * n);
+      gemm_with_isa(isa, x.data(), k, m, w.packed.p, wt, n, k, nullptr, clean.data(), n, pool);
+      x[4 * k + 7] = std::nanf("");
+      x[9 * k + 44] = INFINITY;
+      gemm_with_isa(isa, x.data(), k, m, w.packed.p, wt, n, k, nullptr, y.data(), n, pool);
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          if (i == 4) {
+            EXPECT_TRUE(std::isnan(y[i * n + j])) << label(isa, wt);
+          } else if (i == 9) {
+            EXPECT_TRUE(std::isinf(y[i * n + j]) && (y[i * n + j] > 0) == (w.at(j, 44) > 0)) << label(isa, wt);
+          } else {
+            EXPECT_EQ(y[i * n + j], clean[i * n + j]) << label(isa, wt);
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(CpuGemm, Bf16RoundsActivationsToNearestEven) {
   // bf16 values near 1 are 2^-7 apart. 1 + 2^-8 is a tie between 1 and 1 + 2^-7: even gives 1;
   // 1 + 3*2^-8 is a tie between 1 + 2^-7 and 1 + 2^-6: even gives 1 + 2^-6; 1 + 2^-8 + 2^-20 rounds up.

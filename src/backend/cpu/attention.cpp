@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "backend/cpu/simd_exp.h"
@@ -155,11 +156,13 @@ void paged_attention_reference(const Tensor& q, const KvLayer& kv, const Attenti
 // Work item: (sequence, kv head g, tile of consecutive new tokens, key range).  Its rows are the tile's
 // tokens x the `rep` query heads of g (row = token * rep + head).  Keys are visited in chunks of at
 // most kChunk keys (aligned to multiples of kChunk in key position, so a chunk may span several small
-// KV blocks); per chunk, K is converted once for all rows to f32 transposed [d][kChunk] and V to f32 rows
-// [n][d], then: scores of all rows vectorized over keys (broadcast q FMAs, no horizontal sums), the
-// causal/window mask, an online-softmax update, and O += P V with the output rows held in registers.
+// KV blocks); per chunk, K is converted once for all rows to f32 transposed [d][kChunk] (V to f32 rows
+// [n][d] too, unless it is read in place), then: scores of all rows vectorized over keys (broadcast q
+// FMAs, no horizontal sums), the causal/window mask, an online-softmax update, and O += P V with the
+// output rows held in registers.
 // Items run heaviest first off an atomic counter.  When there are too few items for the threads
-// (decode), each item's key range is split in parts whose softmax states are merged afterwards.
+// (decode), each item's key range is split in parts; the part that finishes last merges their
+// softmax states.
 
 namespace {
 
@@ -182,6 +185,11 @@ struct Kernels {
   // o[r][:] = o[r][:] * corr[r] + sum_j p[r][j] v[j][:]; v rows `vstride` apart, o rows d apart.
   void (*pv)(const VecOps& ops, const float* p, const float* corr, int rows, const float* v, int64_t vstride, int n,
              int d, float* o);
+  // The same reading V of any cache type in place (rows `vstride` elements apart), or null.
+  void (*pv_raw)(const VecOps& ops, const float* p, const float* corr, int rows, const char* v, DType vtype,
+                 int64_t vstride, int n, int d, float* o);
+  // dst[i] = alpha * src[i]
+  void (*scale_copy)(float alpha, const float* src, float* dst, int64_t n);
   const VecOps* ops;  // for the generic kernels and the driver
 };
 
@@ -216,6 +224,10 @@ void scores_generic(const VecOps& ops, const float* q, int rows, int d, const fl
     m[r] = new_m;
     corr[r] = c;
   }
+}
+
+void scale_copy_generic(float alpha, const float* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = alpha * src[i];
 }
 
 void pv_generic(const VecOps& ops, const float* p, const float* corr, int rows, const float* v, int64_t vstride,
@@ -409,10 +421,25 @@ KILN_AVX512 void scores_block(const float* q, int d, const float* kt, int n, int
   }
 }
 
-// R rows x NV * 16 output columns (the last vector masked by `last`); o and v point at the first column.
-template <int R, int NV>
-KILN_AVX512 void pv_block(const float* p, const float* corr, const float* v, int64_t vstride, int n, float* o, int d,
+// 16 elements of a row of type T, as f32.
+template <DType T>
+KILN_AVX512 inline __m512 load16_full(const char* src) {
+  if constexpr (T == DType::kF32) {
+    return _mm512_loadu_ps(src);
+  } else if constexpr (T == DType::kBF16) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  } else {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+  }
+}
+
+// R rows x NV * 16 output columns (the last vector masked by `last`); o and v point at the first column;
+// V rows of type VT, `vstride` elements apart.
+template <int R, int NV, DType VT>
+KILN_AVX512 void pv_block(const float* p, const float* corr, const char* v, int64_t vstride, int n, float* o, int d,
                           __mmask16 last) {
+  constexpr int kElem = VT == DType::kF32 ? 4 : 2;
   __m512 acc[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
@@ -425,9 +452,10 @@ KILN_AVX512 void pv_block(const float* p, const float* corr, const float* v, int
   }
   for (int j = 0; j < n; ++j) {
     __m512 vv[NV];
-    const float* vj = v + j * vstride;
+    const char* vj = v + j * vstride * kElem;
 #pragma GCC unroll 4
-    for (int x = 0; x < NV; ++x) vv[x] = x + 1 < NV ? _mm512_loadu_ps(vj + 16 * x) : _mm512_maskz_loadu_ps(last, vj + 16 * x);
+    for (int x = 0; x < NV; ++x)
+      vv[x] = x + 1 < NV ? load16_full<VT>(vj + 16 * x * kElem) : load16<VT>(vj + 16 * x * kElem, last);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 b = _mm512_set1_ps(p[r * kChunk + j]);
@@ -447,21 +475,26 @@ KILN_AVX512 void pv_block(const float* p, const float* corr, const float* v, int
 
 using ScoresBlockFn = void (*)(const float*, int, const float*, int, int32_t, const int32_t*, const int32_t*, float*,
                                float*, float*, float*);
-using PvBlockFn = void (*)(const float*, const float*, const float*, int64_t, int, float*, int, __mmask16);
+using PvBlockFn = void (*)(const float*, const float*, const char*, int64_t, int, float*, int, __mmask16);
 
 template <int R>
 constexpr std::array<ScoresBlockFn, 4> scores_row() {
   return {&scores_block<R, 1>, &scores_block<R, 2>, &scores_block<R, 3>, &scores_block<R, 4>};
 }
-template <int R>
+template <DType VT, int R>
 constexpr std::array<PvBlockFn, 4> pv_row() {
-  return {&pv_block<R, 1>, &pv_block<R, 2>, &pv_block<R, 3>, &pv_block<R, 4>};
+  return {&pv_block<R, 1, VT>, &pv_block<R, 2, VT>, &pv_block<R, 3, VT>, &pv_block<R, 4, VT>};
+}
+template <DType VT>
+constexpr std::array<std::array<PvBlockFn, 4>, 6> pv_table() {
+  return {pv_row<VT, 1>(), pv_row<VT, 2>(), pv_row<VT, 3>(), pv_row<VT, 4>(), pv_row<VT, 5>(), pv_row<VT, 6>()};
 }
 static_assert(kMaxBlockRows == 6);
 constexpr std::array<std::array<ScoresBlockFn, 4>, kMaxBlockRows> kScoresBlocks{
     scores_row<1>(), scores_row<2>(), scores_row<3>(), scores_row<4>(), scores_row<5>(), scores_row<6>()};
-constexpr std::array<std::array<PvBlockFn, 4>, kMaxBlockRows> kPvBlocks{pv_row<1>(), pv_row<2>(), pv_row<3>(),
-                                                                         pv_row<4>(), pv_row<5>(), pv_row<6>()};
+// [V type: f32, bf16, f16][rows - 1][vectors - 1]
+constexpr std::array<std::array<std::array<PvBlockFn, 4>, kMaxBlockRows>, 3> kPvBlocks{
+    pv_table<DType::kF32>(), pv_table<DType::kBF16>(), pv_table<DType::kF16>()};
 
 void scores_avx512(const VecOps&, const float* q, int rows, int d, const float* kt, int n, int32_t c0,
                    const int32_t* lo, const int32_t* hi, float* m, float* l, float* corr, float* p) {
@@ -473,26 +506,46 @@ void scores_avx512(const VecOps&, const float* q, int rows, int d, const float* 
   }
 }
 
-void pv_avx512(const VecOps&, const float* p, const float* corr, int rows, const float* v, int64_t vstride, int n,
-               int d, float* o) {
+void pv_raw_avx512(const VecOps&, const float* p, const float* corr, int rows, const char* v, DType vtype,
+                   int64_t vstride, int n, int d, float* o) {
+  const int t = vtype == DType::kF32 ? 0 : vtype == DType::kBF16 ? 1 : 2;
+  const int64_t elem = static_cast<int64_t>(dtype_size(vtype));
   for (int c = 0; c < d; c += 64) {
     const int w = std::min(64, d - c), nv = (w + 15) / 16;
     const __mmask16 last = static_cast<__mmask16>((1u << (w - 16 * (nv - 1))) - 1);
     for (int r0 = 0; r0 < rows; r0 += kMaxBlockRows) {
       const int R = std::min(kMaxBlockRows, rows - r0);
-      kPvBlocks[R - 1][nv - 1](p + static_cast<int64_t>(r0) * kChunk, corr + r0, v + c, vstride, n,
-                               o + static_cast<int64_t>(r0) * d + c, d, last);
+      kPvBlocks[t][R - 1][nv - 1](p + static_cast<int64_t>(r0) * kChunk, corr + r0, v + c * elem, vstride, n,
+                                  o + static_cast<int64_t>(r0) * d + c, d, last);
     }
   }
 }
 
-const Kernels kAvx512Kernels{load_kt_avx512, scores_avx512, pv_avx512, &vec_ops_for("avx512")};
+KILN_AVX512 void scale_copy_avx512(float alpha, const float* src, float* dst, int64_t n) {
+  const __m512 a = _mm512_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_mul_ps(a, _mm512_loadu_ps(src + i)));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_mul_ps(a, _mm512_maskz_loadu_ps(m, src + i)));
+  }
+}
+
+void pv_avx512(const VecOps& ops, const float* p, const float* corr, int rows, const float* v, int64_t vstride, int n,
+               int d, float* o) {
+  pv_raw_avx512(ops, p, corr, rows, reinterpret_cast<const char*>(v), DType::kF32, vstride, n, d, o);
+}
+
+const Kernels kAvx512Kernels{load_kt_avx512,    scores_avx512,     pv_avx512,
+                             pv_raw_avx512,     scale_copy_avx512, &vec_ops_for("avx512")};
 #pragma GCC diagnostic pop
 
 // The kernels for `isa` (nullptr: the best this CPU has); unsupported ones fall back to the next best.
 const Kernels& kernels_for(const char* isa) {
-  static const Kernels generic{load_k_generic, scores_generic, pv_generic, &vec_ops_for("scalar")};
-  static const Kernels avx2{load_k_generic, scores_generic, pv_generic, &vec_ops_for("avx2")};
+  static const Kernels generic{load_k_generic, scores_generic,     pv_generic,
+                               nullptr,        scale_copy_generic, &vec_ops_for("scalar")};
+  static const Kernels avx2{load_k_generic, scores_generic,     pv_generic,
+                            nullptr,        scale_copy_generic, &vec_ops_for("avx2")};
   const CpuFeatures& f = cpu_features();
   const bool has_avx512 = f.avx512f && f.avx512bw && f.avx512vl, has_avx2 = f.avx2 && f.fma && f.f16c;
   const bool want_avx512 = isa == nullptr || std::strcmp(isa, "avx512") == 0;
@@ -507,6 +560,7 @@ struct Item {
   int32_t key0, key1;  // keys [key0, key1) (a part of the tile's range when split)
   int32_t slot;        // -1: writes `out`; else its partial-result slot
   int64_t cost;
+  int32_t group;       // split items: index in `groups`
 };
 
 struct SplitGroup {
@@ -555,7 +609,7 @@ void paged_attention_fast(const Kernels& K, const Tensor& q, const KvLayer& kv, 
   const int64_t v_row_bytes = static_cast<int64_t>(d) * dtype_size(vt_type);
 
   auto cost = [&](int32_t ntok, int32_t key0, int32_t key1) {
-    return static_cast<int64_t>(key1 - key0) * (ntok * rep + 4);  // rows x keys + conversions
+    return static_cast<int64_t>(key1 - key0) * (ntok * rep + 4);  // rows x keys, plus the conversions
   };
   std::vector<Item> items;
   for (int si = 0; si < static_cast<int>(batch.seqs.size()); ++si) {
@@ -565,7 +619,7 @@ void paged_attention_fast(const Kernels& K, const Tensor& q, const KvLayer& kv, 
         const int32_t ntok = std::min<int32_t>(tile, s.num_new - t0);
         const int32_t pos0 = s.context_len - s.num_new + t0;
         const int32_t key0 = W > 0 ? std::max(0, pos0 - W + 1) : 0, key1 = pos0 + ntok;
-        items.push_back({si, g, t0, ntok, key0, key1, -1, cost(ntok, key0, key1)});
+        items.push_back({si, g, t0, ntok, key0, key1, -1, cost(ntok, key0, key1), -1});
       }
   }
   if (items.empty()) return;
@@ -577,22 +631,19 @@ void paged_attention_fast(const Kernels& K, const Tensor& q, const KvLayer& kv, 
     const int want = static_cast<int>((kItemsPerThread * threads + items.size() - 1) / items.size());
     std::vector<Item> split;
     for (const Item& it : items) {
-      const int32_t span = it.key1 - it.key0;
-      const int parts = std::min(want, std::max(1, span / kMinSplitKeys));
+      // Parts of whole chunks (the chunk grid is aligned to kChunk key positions).
+      const int32_t first_chunk = it.key0 / kChunk, chunks = (it.key1 - 1) / kChunk + 1 - first_chunk;
+      const int parts = std::min({want, chunks, std::max(1, (it.key1 - it.key0) / kMinSplitKeys)});
       if (parts <= 1) {
         split.push_back(it);
         continue;
       }
       groups.push_back({it.seq, it.g, it.tok0, it.ntok, nslots, parts});
-      const int32_t align = span / parts >= 2 * kChunk ? kChunk : 16;
       int32_t b = it.key0;
       for (int i = 0; i < parts; ++i) {
-        int32_t e = it.key1;
-        if (i + 1 < parts) {
-          e = static_cast<int32_t>(it.key0 + static_cast<int64_t>(span) * (i + 1) / parts) / align * align;
-          e = std::clamp(e, b, it.key1);
-        }
-        split.push_back({it.seq, it.g, it.tok0, it.ntok, b, e, nslots++, cost(it.ntok, b, e)});
+        const int32_t e = i + 1 < parts ? (first_chunk + chunks * (i + 1) / parts) * kChunk : it.key1;
+        split.push_back({it.seq, it.g, it.tok0, it.ntok, b, e, nslots++, cost(it.ntok, b, e),
+                         static_cast<int32_t>(groups.size() - 1)});
         b = e;
       }
     }
@@ -606,6 +657,33 @@ void paged_attention_fast(const Kernels& K, const Tensor& q, const KvLayer& kv, 
   const size_t slot_floats = static_cast<size_t>(max_rows) * (d + 2);
   std::vector<float> partial(static_cast<size_t>(nslots) * slot_floats);
 
+  // Merges the parts of a split item: O = sum_p e^(m_p - M) O_p / sum_p e^(m_p - M) l_p.
+  std::unique_ptr<std::atomic<int>[]> parts_left(new std::atomic<int>[groups.size()]);
+  for (size_t gi = 0; gi < groups.size(); ++gi) parts_left[gi].store(groups[gi].nparts, std::memory_order_relaxed);
+  auto merge = [&](const SplitGroup& G) {
+    const SequenceView& s = batch.seqs[G.seq];
+    for (int i = 0; i < G.ntok; ++i) {
+      const int64_t t = s.first_token + G.tok0 + i;
+      for (int h = 0; h < rep; ++h) {
+        const int row = i * rep + h;
+        auto slot = [&](int pi) { return partial.data() + (G.slot0 + pi) * slot_floats; };
+        float M = kNegInf;
+        for (int pi = 0; pi < G.nparts; ++pi) M = std::max(M, slot(pi)[static_cast<size_t>(max_rows) * d + row]);
+        float* dst = out.as<float>() + (t * H + static_cast<int64_t>(G.g) * rep + h) * d;
+        std::fill_n(dst, d, 0.0f);
+        float L = 0;
+        for (int pi = 0; pi < G.nparts; ++pi) {
+          const float mp = slot(pi)[static_cast<size_t>(max_rows) * d + row];
+          if (mp == kNegInf) continue;  // no visible key in this part
+          const float w = std::exp(mp - M);
+          L += w * slot(pi)[static_cast<size_t>(max_rows) * (d + 1) + row];
+          ops.axpy(w, slot(pi) + static_cast<int64_t>(row) * d, dst, d);
+        }
+        ops.scale(L > 0 ? 1.0f / L : 0.0f, dst, d);
+      }
+    }
+  };
+
   auto process = [&](const Item& it, Scratch& S) {
     const SequenceView& s = batch.seqs[it.seq];
     const int rows = it.ntok * rep;
@@ -616,8 +694,7 @@ void paged_attention_fast(const Kernels& K, const Tensor& q, const KvLayer& kv, 
       const int32_t lo = W > 0 ? std::max(0, pos - W + 1) : 0;
       const float* src = q.as<float>() + (t * H + static_cast<int64_t>(it.g) * rep) * d;  // rep rows
       float* dst = S.q.data() + static_cast<int64_t>(i) * rep * d;
-      std::copy_n(src, static_cast<int64_t>(rep) * d, dst);
-      ops.scale(P.scale, dst, static_cast<int64_t>(rep) * d);
+      K.scale_copy(P.scale, src, dst, static_cast<int64_t>(rep) * d);
       std::fill_n(S.lo.begin() + i * rep, rep, lo);
       std::fill_n(S.hi.begin() + i * rep, rep, pos);
     }
@@ -634,28 +711,32 @@ void paged_attention_fast(const Kernels& K, const Tensor& q, const KvLayer& kv, 
       for (int j0 = 0, j1; j0 < n; j0 = j1) {  // runs of rows within one block
         const int32_t blk = (c0 + j0) / bs, off = (c0 + j0) - blk * bs;
         j1 = std::min(n, j0 + bs - off);
-        const int64_t first = ((static_cast<int64_t>(s.block_table[blk]) * KVH + it.g) * bs + off) * k_row_bytes;
+        const int64_t first = (static_cast<int64_t>(s.block_table[blk]) * KVH + it.g) * bs + off;  // pool row
         for (int j = j0; j < j1; ++j) {
-          S.krows[j] = kbase + first + (j - j0) * k_row_bytes;
-          S.vrows[j] = vbase + first / k_row_bytes * v_row_bytes + (j - j0) * v_row_bytes;
+          S.krows[j] = kbase + (first + j - j0) * k_row_bytes;
+          S.vrows[j] = vbase + (first + j - j0) * v_row_bytes;
         }
       }
       K.load_k(ops, S.krows.data(), kt_type, n, d, S.kt.data());
-      const float* V = S.v.data();
-      if (vt_type == DType::kF32 && c0 / bs == (c1 - 1) / bs) {
-        V = reinterpret_cast<const float*>(S.vrows[0]);  // rows of one block are contiguous
+      const int r0 = ta * rep, nr = (tb - ta) * rep;
+      float* const p = S.p.data() + static_cast<int64_t>(r0) * kChunk;
+      float* const o = S.o.data() + static_cast<int64_t>(r0) * d;
+      K.scores(ops, S.q.data() + static_cast<int64_t>(r0) * d, nr, d, S.kt.data(), n, c0, S.lo.data() + r0,
+               S.hi.data() + r0, S.m.data() + r0, S.l.data() + r0, S.corr.data() + r0, p);
+      // V: in place when its rows are contiguous (one block) and either f32 or read by one register
+      // block of rows only; else converted to f32 once for all rows.
+      const bool one_block = c0 / bs == (c1 - 1) / bs;
+      if (one_block && vt_type == DType::kF32) {
+        K.pv(ops, p, S.corr.data() + r0, nr, reinterpret_cast<const float*>(S.vrows[0]), d, n, d, o);
+      } else if (one_block && K.pv_raw && nr <= kMaxBlockRows) {
+        K.pv_raw(ops, p, S.corr.data() + r0, nr, S.vrows[0], vt_type, d, n, d, o);
       } else {
         for (int j0 = 0, j1; j0 < n; j0 = j1) {  // runs of rows within one block
           j1 = std::min(n, (c0 + j0) / bs * bs + bs - c0);
           ops.to_f32(S.vrows[j0], vt_type, S.v.data() + static_cast<int64_t>(j0) * d, static_cast<int64_t>(j1 - j0) * d);
         }
+        K.pv(ops, p, S.corr.data() + r0, nr, S.v.data(), d, n, d, o);
       }
-      const int r0 = ta * rep, nr = (tb - ta) * rep;
-      K.scores(ops, S.q.data() + static_cast<int64_t>(r0) * d, nr, d, S.kt.data(), n, c0, S.lo.data() + r0,
-               S.hi.data() + r0, S.m.data() + r0, S.l.data() + r0, S.corr.data() + r0,
-               S.p.data() + static_cast<int64_t>(r0) * kChunk);
-      K.pv(ops, S.p.data() + static_cast<int64_t>(r0) * kChunk, S.corr.data() + r0, nr, V, d, n, d,
-           S.o.data() + static_cast<int64_t>(r0) * d);
     }
     if (it.slot < 0) {
       for (int i = 0; i < it.ntok; ++i) {
@@ -663,8 +744,7 @@ void paged_attention_fast(const Kernels& K, const Tensor& q, const KvLayer& kv, 
         for (int h = 0; h < rep; ++h) {
           const int row = i * rep + h;
           float* dst = out.as<float>() + (t * H + static_cast<int64_t>(it.g) * rep + h) * d;
-          std::copy_n(S.o.data() + static_cast<int64_t>(row) * d, d, dst);
-          ops.scale(1.0f / S.l[row], dst, d);
+          K.scale_copy(1.0f / S.l[row], S.o.data() + static_cast<int64_t>(row) * d, dst, d);
         }
       }
     } else {
@@ -672,6 +752,8 @@ void paged_attention_fast(const Kernels& K, const Tensor& q, const KvLayer& kv, 
       std::copy_n(S.o.begin(), static_cast<size_t>(rows) * d, slot);
       std::copy_n(S.m.begin(), rows, slot + static_cast<size_t>(max_rows) * d);
       std::copy_n(S.l.begin(), rows, slot + static_cast<size_t>(max_rows) * (d + 1));
+      // The last part to finish merges (acq_rel: it sees the other parts' slots).
+      if (parts_left[it.group].fetch_sub(1, std::memory_order_acq_rel) == 1) merge(groups[it.group]);
     }
   };
 
@@ -684,39 +766,6 @@ void paged_attention_fast(const Kernels& K, const Tensor& q, const KvLayer& kv, 
   };
   if (threads == 1 || n_items == 1) worker(0, 1);
   else pool.run(worker);
-
-  // Merge the parts of split items: O = sum_p e^(m_p - M) O_p / sum_p e^(m_p - M) l_p.
-  if (groups.empty()) return;
-  pool.parallel_for(static_cast<int64_t>(groups.size()), [&](int64_t gb, int64_t ge) {
-    std::vector<float> acc(d);
-    for (int64_t gi = gb; gi < ge; ++gi) {
-      const SplitGroup& G = groups[gi];
-      const SequenceView& s = batch.seqs[G.seq];
-      for (int i = 0; i < G.ntok; ++i) {
-        const int64_t t = s.first_token + G.tok0 + i;
-        for (int h = 0; h < rep; ++h) {
-          const int row = i * rep + h;
-          float M = kNegInf;
-          for (int pi = 0; pi < G.nparts; ++pi)
-            M = std::max(M, partial[(G.slot0 + pi) * slot_floats + static_cast<size_t>(max_rows) * d + row]);
-          std::fill(acc.begin(), acc.end(), 0.0f);
-          float L = 0;
-          for (int pi = 0; pi < G.nparts; ++pi) {
-            const float* slot = partial.data() + (G.slot0 + pi) * slot_floats;
-            const float mp = slot[static_cast<size_t>(max_rows) * d + row];
-            if (mp == kNegInf) continue;
-            const float wgt = std::exp(mp - M);
-            L += wgt * slot[static_cast<size_t>(max_rows) * (d + 1) + row];
-            const float* o = slot + static_cast<int64_t>(row) * d;
-            for (int c = 0; c < d; ++c) acc[c] += wgt * o[c];
-          }
-          float* dst = out.as<float>() + (t * H + static_cast<int64_t>(G.g) * rep + h) * d;
-          const float inv = L > 0 ? 1.0f / L : 0.0f;
-          for (int c = 0; c < d; ++c) dst[c] = acc[c] * inv;
-        }
-      }
-    }
-  });
 }
 
 }  // namespace

@@ -160,9 +160,12 @@ void gemm_block_avx2(const GemmArgs& a, int64_t r0, int64_t r1, int64_t p0, int6
   const std::array<TileFn, kMaxMR * kMaxNP>& tiles =
       bf16 ? kBf16Tiles : a.wtype == DType::kF16 ? kF16Tiles : kF32Tiles;
 
+  // Prefill tile: 6 rows x 1 panel = 12 ymm accumulators (4 rows for bf16, which needs 4 registers
+  // for a widened panel row). Rows per block: a multiple of that, activations <= 256 KiB (L2).
+  const int mr_max = bf16 ? 4 : kMaxMR;
   const int64_t x_row_bytes = std::max<int64_t>(kp, 1) * 4;
-  int64_t mb_max = std::max<int64_t>(kMaxMR, (256 << 10) / x_row_bytes / kMaxMR * kMaxMR);
-  mb_max = std::min<int64_t>(mb_max, 384);
+  int64_t mb_max = std::max<int64_t>(mr_max, (256 << 10) / x_row_bytes / mr_max * mr_max);
+  mb_max = std::min<int64_t>(mb_max, 512);
 
   float* xr = nullptr;
   if (bf16) xr = static_cast<float*>(thread_scratch(static_cast<size_t>(std::min(mb_max, r1 - r0) * kp * 4)));
@@ -175,8 +178,7 @@ void gemm_block_avx2(const GemmArgs& a, int64_t r0, int64_t r1, int64_t p0, int6
         if (kp > k) xr[i * kp + k] = 0.0f;
       }
     }
-    const int mr_max = bf16 ? 4 : kMaxMR;
-    const int np_max = rows <= 2 ? 2 : 1;
+    const int np_max = rows <= 2 ? 2 : 1;  // decode: two panels, more loads in flight
     for (int64_t p = p0; p < p1; p += np_max) {
       const int np = static_cast<int>(std::min<int64_t>(np_max, p1 - p));
       Tile t;

@@ -22,7 +22,7 @@ namespace kiln::cpu::detail {
 namespace {
 
 constexpr int64_t P = kGemmPanel;
-constexpr int kMaxMR = 12;
+constexpr int kMaxMR = 8;
 constexpr int kMaxNP = 4;
 
 struct Tile {
@@ -47,7 +47,7 @@ KILN_AVX512 inline void store_tile(const Tile& t, __m512 (&acc)[MR][NP]) {
     const __mmask16 mask = static_cast<__mmask16>(nv >= P ? 0xffffu : (1u << nv) - 1u);
     __m512 b = _mm512_setzero_ps();
     if (t.bias) b = _mm512_maskz_loadu_ps(mask, t.bias + j * P);
-#pragma GCC unroll 12
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       __m512 v = t.bias ? _mm512_add_ps(acc[i][j], b) : acc[i][j];
       _mm512_mask_storeu_ps(t.y + i * t.ldy + j * P, mask, v);
@@ -59,7 +59,7 @@ KILN_AVX512 inline void store_tile(const Tile& t, __m512 (&acc)[MR][NP]) {
 template <int MR, int NP>
 KILN_AVX512_BF16 void tile_bf16(const Tile& t) {
   __m512 acc[MR][NP];
-#pragma GCC unroll 12
+#pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -69,7 +69,7 @@ KILN_AVX512_BF16 void tile_bf16(const Tile& t) {
     __m512i b[NP];
 #pragma GCC unroll 4
     for (int j = 0; j < NP; ++j) b[j] = _mm512_load_si512(w + j * t.wps + kk * 2 * P);
-#pragma GCC unroll 12
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       int32_t pair;
       std::memcpy(&pair, x + i * t.ldx + 2 * kk, 4);
@@ -85,7 +85,7 @@ KILN_AVX512_BF16 void tile_bf16(const Tile& t) {
 template <int MR, int NP>
 KILN_AVX512 void tile_f32(const Tile& t) {
   __m512 acc[MR][NP];
-#pragma GCC unroll 12
+#pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -95,7 +95,7 @@ KILN_AVX512 void tile_f32(const Tile& t) {
     __m512 b[NP];
 #pragma GCC unroll 4
     for (int j = 0; j < NP; ++j) b[j] = _mm512_load_ps(w + j * t.wps + kk * P);
-#pragma GCC unroll 12
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m512 av = _mm512_set1_ps(x[i * t.ldx + kk]);
 #pragma GCC unroll 4
@@ -109,7 +109,7 @@ KILN_AVX512 void tile_f32(const Tile& t) {
 template <int MR, int NP>
 KILN_AVX512 void tile_f16(const Tile& t) {
   __m512 acc[MR][NP];
-#pragma GCC unroll 12
+#pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_ps();
@@ -121,7 +121,7 @@ KILN_AVX512 void tile_f16(const Tile& t) {
     for (int j = 0; j < NP; ++j)
       b[j] = _mm512_maskz_cvtph_ps(  // (maskz: GCC 12's _mm512_cvtph_ps warns)
           static_cast<__mmask16>(0xffff), _mm256_load_si256(reinterpret_cast<const __m256i*>(w + j * t.wps + kk * P)));
-#pragma GCC unroll 12
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m512 av = _mm512_set1_ps(x[i * t.ldx + kk]);
 #pragma GCC unroll 4
@@ -177,15 +177,14 @@ KILN_AVX512 void to_bf16_row(const float* src, int64_t n, uint16_t* dst, int64_t
 }
 
 // Tile shape for a block of `rows` rows: decode-sized blocks take every row at once and as many
-// panels as fit (more independent streams of W in flight); prefill uses the compute tile.
-struct Shape2 {
+// panels as fit (more independent streams of W in flight); prefill uses 8 rows x 3 panels, 24
+// accumulators (measured on Zen 4: ~97% of the vdpbf16ps / FMA peak on one core; 12 x 2 gets ~90%).
+struct TileShape {
   int mr, np;
 };
-Shape2 tile_shape(DType wtype, int64_t rows) {
+TileShape tile_shape(int64_t rows) {
   if (rows <= 4) return {static_cast<int>(rows), 4};
-  if (rows <= 8) return {static_cast<int>(rows), 3};
-  if (wtype == DType::kBF16) return {12, 2};
-  return {8, 3};
+  return {static_cast<int>(std::min<int64_t>(rows, kMaxMR)), 3};
 }
 
 }  // namespace
@@ -198,10 +197,11 @@ KILN_AVX512 void gemm_block_avx512(const GemmArgs& a, int64_t r0, int64_t r1, in
   const std::array<TileFn, kMaxMR * kMaxNP>& tiles =
       bf16 ? kBf16Tiles : a.wtype == DType::kF16 ? kF16Tiles : kF32Tiles;
 
-  // Rows per block: the block's activations stay in L2 while all the thread's panels pass by.
+  // Rows per block (a multiple of the tile height): the block's activations (<= 256 KiB) stay in L2
+  // while all the thread's panels pass by.
   const int64_t x_row_bytes = std::max<int64_t>(kp, 1) * (bf16 ? 2 : 4);
   int64_t mb_max = std::max<int64_t>(kMaxMR, (256 << 10) / x_row_bytes / kMaxMR * kMaxMR);
-  mb_max = std::min<int64_t>(mb_max, 384);
+  mb_max = std::min<int64_t>(mb_max, 512);
 
   uint16_t* xb = nullptr;
   if (bf16) xb = static_cast<uint16_t*>(thread_scratch(static_cast<size_t>(std::min(mb_max, r1 - r0) * kp * 2)));
@@ -210,7 +210,7 @@ KILN_AVX512 void gemm_block_avx512(const GemmArgs& a, int64_t r0, int64_t r1, in
     const int64_t rows = std::min(mb_max, r1 - rb);
     if (bf16)
       for (int64_t i = 0; i < rows; ++i) to_bf16_row(a.x + (rb + i) * a.ldx, k, xb + i * kp, kp);
-    const Shape2 s = tile_shape(a.wtype, rows);
+    const TileShape s = tile_shape(rows);
     for (int64_t p = p0; p < p1; p += s.np) {
       const int np = static_cast<int>(std::min<int64_t>(s.np, p1 - p));
       Tile t;
