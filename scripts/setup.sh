@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build pkg-config nlohmann-json3-dev libxxhash-dev
+          libpcre2-dev libutf8proc-dev zlib1g-dev
           libgtest-dev googletest python3 python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do
