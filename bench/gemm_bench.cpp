@@ -57,55 +57,67 @@ struct Aligned {
   size_t size;
 };
 
-// ---- Memory read bandwidth: every thread sums its part of a buffer. ----
+// ---- Memory read bandwidth: every thread sums its part of a buffer, reading S sequential streams
+// at once (S = 1: one stream per thread; S = 4: like a decode GEMM tile, which reads 4 panels). ----
+template <int S>
 __attribute__((target("avx512f"))) float sum_avx512(const float* p, size_t n) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (size_t i = 0; i + 64 <= n; i += 64) {
-    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
-    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
-    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
-    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+  const size_t part = n / S / 64 * 64;
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (size_t i = 0; i < part; i += 64) {
+#pragma GCC unroll 4
+    for (int s = 0; s < S; ++s) {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) acc[j] = _mm512_add_ps(acc[j], _mm512_load_ps(p + s * part + i + 16 * j));
+    }
   }
   alignas(64) float t[16];
-  _mm512_store_ps(t, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-  float s = 0;
-  for (float v : t) s += v;
-  return s;
+  _mm512_store_ps(t, _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  float sum = 0;
+  for (float v : t) sum += v;
+  return sum;
 }
+template <int S>
 __attribute__((target("avx2"))) float sum_avx2(const float* p, size_t n) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (size_t i = 0; i + 32 <= n; i += 32) {
-    a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
-    a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
-    a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
-    a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+  const size_t part = n / S / 32 * 32;
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (size_t i = 0; i < part; i += 32) {
+#pragma GCC unroll 4
+    for (int s = 0; s < S; ++s) {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) acc[j] = _mm256_add_ps(acc[j], _mm256_load_ps(p + s * part + i + 8 * j));
+    }
   }
   alignas(32) float t[8];
-  _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+  _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  float sum = 0;
+  for (float v : t) sum += v;
+  return sum;
 }
+template <int S>
 float sum_scalar(const float* p, size_t n) {
   float s = 0;
   for (size_t i = 0; i < n; ++i) s += p[i];
   return s;
 }
 
+// Best GB/s of `reps` passes over a 512 MiB buffer, each thread summing its half with S streams.
+template <int S>
 double memory_read_gbps(ThreadPool& pool, int reps) {
   const size_t bytes = size_t{512} << 20;
   Aligned buf(bytes);
   const size_t n = bytes / 4;
   float* f = static_cast<float*>(buf.p);
   pool.parallel_for(static_cast<int64_t>(n), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) f[i] = static_cast<float>(i & 7);
+    for (int64_t i = b; i < e; ++i) f[i] = static_cast<float>(i % 1021);
   });
   const auto& cf = kiln::cpu_features();
-  auto sum = cf.avx512f ? &sum_avx512 : cf.avx2 ? &sum_avx2 : &sum_scalar;
+  auto sum = cf.avx512f ? &sum_avx512<S> : cf.avx2 ? &sum_avx2<S> : &sum_scalar<S>;
   double best = 0;
   std::atomic<float> sink{0};
   for (int r = 0; r < reps; ++r) {
     auto t0 = Clock::now();
     pool.run([&](int t, int nt) {
-      size_t b = n * t / nt / 64 * 64, e = n * (t + 1) / nt / 64 * 64;
+      size_t b = n * t / nt / 1024 * 1024, e = n * (t + 1) / nt / 1024 * 1024;
       sink = sink + sum(f + b, e - b);
     });
     best = std::max(best, bytes / seconds_since(t0) / 1e9);
@@ -158,6 +170,23 @@ double peak_gflops(ThreadPool& pool, float (*loop)(int64_t), double flops_per_it
   return best;
 }
 
+
+// Writes the copy number into the first weights of every 4 KiB page, so that no two copies share a
+// page's content (a hypervisor merging identical pages would otherwise serve the "cold" copies from
+// one physical page, i.e. from cache).
+void make_pages_unique(void* p, size_t bytes, DType wtype, uint32_t copy) {
+  for (size_t off = 0; off + 16 <= bytes; off += 4096) {
+    for (int b = 0; b < 3; ++b) {
+      const float v = static_cast<float>((copy >> (8 * b)) & 255u);  // exact in every weight type
+      if (wtype == DType::kF32) {
+        std::memcpy(static_cast<char*>(p) + off + 4 * b, &v, 4);
+      } else {
+        const uint16_t h = wtype == DType::kBF16 ? kiln::f32_to_bf16(v) : kiln::f32_to_f16(v);
+        std::memcpy(static_cast<char*>(p) + off + 2 * b, &h, 2);
+      }
+    }
+  }
+}
 
 // Times gemm over `copies` packed copies of W (rotating), at least min_seconds in all.
 double time_gemm(kiln::cpu::Isa isa, const std::vector<Aligned*>& copies, DType wtype, int64_t m, int64_t n,
@@ -216,8 +245,12 @@ int main(int argc, char** argv) {
   const auto& cf = kiln::cpu_features();
   std::printf("cpu: %s; threads: %d; isa: %s; load average before: %s\n", cf.to_string().c_str(),
               pool.num_threads(), kiln::cpu::isa_name(isa), load_average().c_str());
-  const double mem_bw = memory_read_gbps(pool, quick ? 4 : 12);
-  std::printf("memory read bandwidth (%d threads summing 512 MiB): %.1f GB/s\n", pool.num_threads(), mem_bw);
+  const double mem_bw1 = memory_read_gbps<1>(pool, quick ? 4 : 12);
+  const double mem_bw4 = memory_read_gbps<4>(pool, quick ? 4 : 12);
+  const double mem_bw = std::max(mem_bw1, mem_bw4);
+  std::printf("memory read bandwidth (%d threads summing 512 MiB): %.1f GB/s with 1 stream per thread, "
+              "%.1f GB/s with 4; %%mem below is relative to %.1f GB/s\n",
+              pool.num_threads(), mem_bw1, mem_bw4, mem_bw);
   double peak_bf16 = 0, peak_fma = 0;
   if (cf.avx512f && cf.avx512_bf16) peak_bf16 = peak_gflops(pool, &dpbf16_loop, 24.0 * 64);
   if (cf.avx512f && cf.fma) peak_fma = peak_gflops(pool, &fma512_loop, 24.0 * 32);
@@ -256,6 +289,7 @@ int main(int argc, char** argv) {
         while (copies.size() < want) {
           copies.push_back(new Aligned(wbytes));
           std::memcpy(copies.back()->p, copies[0]->p, wbytes);
+          make_pages_unique(copies.back()->p, wbytes, wtype, static_cast<uint32_t>(copies.size()));
         }
         cold = time_gemm(isa, copies, wtype, s.m, s.n, s.k, x.data(), bias.data(), y.data(), pool, min_s * 2);
       }
