@@ -10,6 +10,8 @@ namespace kiln {
 namespace {
 // How long an idle worker spins before it sleeps.
 constexpr auto kSpinFor = std::chrono::microseconds(2000);
+// Pauses (tens of cycles each) before a spinning thread starts yielding its core.
+constexpr uint32_t kPauseSpins = 4096;
 }  // namespace
 
 ThreadPool::ThreadPool(int num_threads) {
@@ -34,7 +36,10 @@ void ThreadPool::worker_loop(int index) {
     auto spin_start = std::chrono::steady_clock::now();
     uint32_t spins = 0;
     while (generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_relaxed)) {
-      _mm_pause();
+      // Pause first; then also yield, so that a busy machine (more runnable threads than cores) can run
+      // the thread we are waiting for.
+      if (spins < kPauseSpins) _mm_pause();
+      else std::this_thread::yield();
       if ((++spins & 1023) == 0 && std::chrono::steady_clock::now() - spin_start > kSpinFor) {
         std::unique_lock<std::mutex> lock(mu_);
         sleepers_.fetch_add(1);
@@ -64,7 +69,10 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     cv_.notify_all();
   }
   fn(0, num_threads());
-  while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+  for (uint32_t spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < kPauseSpins) _mm_pause();
+    else std::this_thread::yield();
+  }
 }
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
