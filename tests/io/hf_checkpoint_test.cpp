@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+
+#include "test_util.h"
 #include <string>
 #include <vector>
 
@@ -16,24 +18,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "kiln_hf_XXXXXX").string();
-    char* p = ::mkdtemp(tmpl.data());
-    KILN_CHECK(p != nullptr, "mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
@@ -65,21 +50,21 @@ constexpr const char* kShard1 = "model-00001-of-00002.safetensors";
 constexpr const char* kShard2 = "model-00002-of-00002.safetensors";
 
 void write_two_shards(const TempDir& dir, const Weights& w) {
-  ASSERT_TRUE(write_safetensors(dir.file(kShard1), {w.t_embed(), w.t_norm()}, {{"format", "pt"}}).ok());
-  ASSERT_TRUE(write_safetensors(dir.file(kShard2), {w.t_head()}, {{"format", "pt"}}).ok());
+  ASSERT_TRUE(write_safetensors(dir.sub(kShard1), {w.t_embed(), w.t_norm()}, {{"format", "pt"}}).ok());
+  ASSERT_TRUE(write_safetensors(dir.sub(kShard2), {w.t_head()}, {{"format", "pt"}}).ok());
 }
 
 TEST(HfCheckpointTest, SingleFile) {
   TempDir dir;
   Weights w;
-  ASSERT_TRUE(write_safetensors(dir.file("model.safetensors"), {w.t_embed(), w.t_norm(), w.t_head(), w.t_ids()}).ok());
+  ASSERT_TRUE(write_safetensors(dir.sub("model.safetensors"), {w.t_embed(), w.t_norm(), w.t_head(), w.t_ids()}).ok());
   auto r = HfCheckpoint::open(dir.path());
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   const HfCheckpoint& ck = r.value();
   EXPECT_EQ(ck.names(), (std::vector<std::string>{"ids", "lm_head.weight", "model.embed_tokens.weight",
                                                   "model.norm.weight"}));
   EXPECT_EQ(ck.size(), 4u);
-  EXPECT_EQ(ck.shard_paths(), (std::vector<std::string>{dir.file("model.safetensors")}));
+  EXPECT_EQ(ck.shard_paths(), (std::vector<std::string>{dir.sub("model.safetensors")}));
   const SafetensorsEntry* e = ck.find("model.embed_tokens.weight");
   ASSERT_NE(e, nullptr);
   EXPECT_EQ(e->shape, (Shape{3, 2}));
@@ -124,7 +109,7 @@ TEST(HfCheckpointTest, ReadAsHandlesUnalignedData) {
   uint8_t a = 1;
   std::vector<float> b = {1.0f, -3.0f, 0.125f};
   // "a" (1 byte) comes first, so "b" starts at an odd address in the mapping.
-  ASSERT_TRUE(write_safetensors(dir.file("model.safetensors"),
+  ASSERT_TRUE(write_safetensors(dir.sub("model.safetensors"),
                                 {{"a", DType::kU8, Shape{1}, &a}, {"b", DType::kF32, Shape{3}, b.data()}})
                   .ok());
   auto ck = HfCheckpoint::open(dir.path());
@@ -141,8 +126,8 @@ TEST(HfCheckpointTest, ReadAsHandlesUnalignedData) {
 TEST(HfCheckpointTest, SingleFileOfAnyName) {
   TempDir dir;
   Weights w;
-  ASSERT_TRUE(write_safetensors(dir.file("weights.safetensors"), {w.t_norm()}).ok());
-  write_text(dir.file("config.json"), "{}");
+  ASSERT_TRUE(write_safetensors(dir.sub("weights.safetensors"), {w.t_norm()}).ok());
+  write_text(dir.sub("config.json"), "{}");
   auto r = HfCheckpoint::open(dir.path());
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_EQ(r->names(), (std::vector<std::string>{"model.norm.weight"}));
@@ -162,12 +147,12 @@ TEST(HfCheckpointTest, TwoShardIndex) {
   TempDir dir;
   Weights w;
   write_two_shards(dir, w);
-  write_text(dir.file("model.safetensors.index.json"), index_json(kShard1, kShard2));
+  write_text(dir.sub("model.safetensors.index.json"), index_json(kShard1, kShard2));
   auto r = HfCheckpoint::open(dir.path());
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   const HfCheckpoint& ck = r.value();
   EXPECT_EQ(ck.names(), (std::vector<std::string>{"lm_head.weight", "model.embed_tokens.weight", "model.norm.weight"}));
-  EXPECT_EQ(ck.shard_paths(), (std::vector<std::string>{dir.file(kShard1), dir.file(kShard2)}));
+  EXPECT_EQ(ck.shard_paths(), (std::vector<std::string>{dir.sub(kShard1), dir.sub(kShard2)}));
   ASSERT_NE(ck.find("lm_head.weight"), nullptr);
   EXPECT_EQ(ck.find("lm_head.weight")->dtype, DType::kBF16);
   auto norm = ck.read_as("model.norm.weight", DType::kF32);
@@ -187,8 +172,8 @@ TEST(HfCheckpointTest, TwoShardIndex) {
 TEST(HfCheckpointTest, IndexNamingMissingShard) {
   TempDir dir;
   Weights w;
-  ASSERT_TRUE(write_safetensors(dir.file(kShard1), {w.t_embed(), w.t_norm()}).ok());
-  write_text(dir.file("model.safetensors.index.json"), index_json(kShard1, kShard2));
+  ASSERT_TRUE(write_safetensors(dir.sub(kShard1), {w.t_embed(), w.t_norm()}).ok());
+  write_text(dir.sub("model.safetensors.index.json"), index_json(kShard1, kShard2));
   auto r = HfCheckpoint::open(dir.path());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
@@ -199,9 +184,9 @@ TEST(HfCheckpointTest, IndexNamingMissingShard) {
 TEST(HfCheckpointTest, IndexWhoseShardLacksTensor) {
   TempDir dir;
   Weights w;
-  ASSERT_TRUE(write_safetensors(dir.file(kShard1), {w.t_embed()}).ok());  // no model.norm.weight
-  ASSERT_TRUE(write_safetensors(dir.file(kShard2), {w.t_head()}).ok());
-  write_text(dir.file("model.safetensors.index.json"), index_json(kShard1, kShard2));
+  ASSERT_TRUE(write_safetensors(dir.sub(kShard1), {w.t_embed()}).ok());  // no model.norm.weight
+  ASSERT_TRUE(write_safetensors(dir.sub(kShard2), {w.t_head()}).ok());
+  write_text(dir.sub("model.safetensors.index.json"), index_json(kShard1, kShard2));
   auto r = HfCheckpoint::open(dir.path());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
@@ -212,13 +197,13 @@ TEST(HfCheckpointTest, IndexWhoseShardLacksTensor) {
 TEST(HfCheckpointTest, IndexWithShardOutsideFolder) {
   TempDir root;
   Weights w;
-  fs::create_directory(root.file("model"));
+  fs::create_directory(root.sub("model"));
   // The file exists one level up: it must still be refused.
-  ASSERT_TRUE(write_safetensors(root.file("x.safetensors"), {w.t_head()}).ok());
-  ASSERT_TRUE(write_safetensors(root.file("model/" + std::string(kShard1)), {w.t_embed(), w.t_norm()}).ok());
+  ASSERT_TRUE(write_safetensors(root.sub("x.safetensors"), {w.t_head()}).ok());
+  ASSERT_TRUE(write_safetensors(root.sub("model/" + std::string(kShard1)), {w.t_embed(), w.t_norm()}).ok());
   for (std::string bad : {"../x.safetensors", "..", "sub/x.safetensors", "/tmp/x.safetensors", "..\\x.safetensors"}) {
-    write_text(root.file("model/model.safetensors.index.json"), index_json(kShard1, bad));
-    auto r = HfCheckpoint::open(root.file("model"));
+    write_text(root.sub("model/model.safetensors.index.json"), index_json(kShard1, bad));
+    auto r = HfCheckpoint::open(root.sub("model"));
     ASSERT_FALSE(r.ok()) << bad;
     EXPECT_EQ(r.status().code(), StatusCode::kDataLoss) << bad;
     EXPECT_NE(r.status().message().find("not a plain file name"), std::string::npos) << r.status().message();
@@ -232,7 +217,7 @@ TEST(HfCheckpointTest, BadIndexFiles) {
   write_two_shards(dir, w);
   for (std::string text : {"not json", "[]", "{}", R"({"weight_map": []})", R"({"weight_map": {}})",
                            R"({"weight_map": {"a": 3}})"}) {
-    write_text(dir.file("model.safetensors.index.json"), text);
+    write_text(dir.sub("model.safetensors.index.json"), text);
     auto r = HfCheckpoint::open(dir.path());
     ASSERT_FALSE(r.ok()) << text;
     EXPECT_EQ(r.status().code(), StatusCode::kDataLoss) << text;
@@ -244,8 +229,8 @@ TEST(HfCheckpointTest, CorruptShardIsReportedByName) {
   TempDir dir;
   Weights w;
   write_two_shards(dir, w);
-  write_text(dir.file(kShard2), "garbage!garbage!");
-  write_text(dir.file("model.safetensors.index.json"), index_json(kShard1, kShard2));
+  write_text(dir.sub(kShard2), "garbage!garbage!");
+  write_text(dir.sub("model.safetensors.index.json"), index_json(kShard1, kShard2));
   auto r = HfCheckpoint::open(dir.path());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
@@ -263,8 +248,8 @@ TEST(HfCheckpointTest, EmptyFolder) {
 
 TEST(HfCheckpointTest, PytorchBinIsNamedAsUnsupported) {
   TempDir dir;
-  write_text(dir.file("pytorch_model.bin"), "PK");
-  write_text(dir.file("config.json"), "{}");
+  write_text(dir.sub("pytorch_model.bin"), "PK");
+  write_text(dir.sub("config.json"), "{}");
   auto r = HfCheckpoint::open(dir.path());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
@@ -275,7 +260,7 @@ TEST(HfCheckpointTest, PytorchBinIsNamedAsUnsupported) {
 
 TEST(HfCheckpointTest, DanglingSymlinkIsReported) {
   TempDir dir;  // as in a Hugging Face cache whose blob was deleted
-  fs::create_symlink(dir.file("blobs/gone"), dir.file("model.safetensors"));
+  fs::create_symlink(dir.sub("blobs/gone"), dir.sub("model.safetensors"));
   auto r = HfCheckpoint::open(dir.path());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
@@ -284,11 +269,11 @@ TEST(HfCheckpointTest, DanglingSymlinkIsReported) {
 
 TEST(HfCheckpointTest, MissingFolderOrAFile) {
   TempDir dir;
-  auto missing = HfCheckpoint::open(dir.file("nope"));
+  auto missing = HfCheckpoint::open(dir.sub("nope"));
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
-  write_text(dir.file("f"), "x");
-  auto file = HfCheckpoint::open(dir.file("f"));
+  write_text(dir.sub("f"), "x");
+  auto file = HfCheckpoint::open(dir.sub("f"));
   ASSERT_FALSE(file.ok());
   EXPECT_EQ(file.status().code(), StatusCode::kInvalidArgument);
 }

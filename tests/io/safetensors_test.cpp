@@ -7,6 +7,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+
+#include "test_util.h"
 #include <random>
 #include <string>
 #include <vector>
@@ -18,24 +20,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "kiln_st_XXXXXX").string();
-    char* p = ::mkdtemp(tmpl.data());
-    KILN_CHECK(p != nullptr, "mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
@@ -61,7 +46,7 @@ std::string read_all(const std::string& path) {
 
 // Opens a file made of `bytes` and expects DataLoss whose message holds the path and every `needles`.
 void expect_refused(const TempDir& dir, const std::string& bytes, const std::vector<std::string>& needles) {
-  const std::string path = dir.file("bad.safetensors");
+  const std::string path = dir.sub("bad.safetensors");
   write_bytes(path, bytes);
   auto r = SafetensorsFile::open(path);
   ASSERT_FALSE(r.ok()) << "accepted a bad file; needles[0]=" << (needles.empty() ? "" : needles[0]);
@@ -72,22 +57,22 @@ void expect_refused(const TempDir& dir, const std::string& bytes, const std::vec
 
 TEST(MappedFileTest, MapsFileAndEmptyFile) {
   TempDir dir;
-  write_bytes(dir.file("a"), "hello");
-  auto m = MappedFile::open(dir.file("a"));
+  write_bytes(dir.sub("a"), "hello");
+  auto m = MappedFile::open(dir.sub("a"));
   ASSERT_TRUE(m.ok()) << m.status().to_string();
   ASSERT_EQ(m->size(), 5u);
   EXPECT_EQ(std::memcmp(m->data(), "hello", 5), 0);
-  EXPECT_EQ(m->path(), dir.file("a"));
+  EXPECT_EQ(m->path(), dir.sub("a"));
   MappedFile moved = std::move(m.value());
   EXPECT_EQ(moved.size(), 5u);
   EXPECT_EQ(std::memcmp(moved.data(), "hello", 5), 0);
 
-  write_bytes(dir.file("empty"), "");
-  auto e = MappedFile::open(dir.file("empty"));
+  write_bytes(dir.sub("empty"), "");
+  auto e = MappedFile::open(dir.sub("empty"));
   ASSERT_TRUE(e.ok()) << e.status().to_string();
   EXPECT_EQ(e->size(), 0u);
 
-  auto missing = MappedFile::open(dir.file("nope"));
+  auto missing = MappedFile::open(dir.sub("nope"));
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
   EXPECT_NE(missing.status().message().find("nope"), std::string::npos);
@@ -115,7 +100,7 @@ TEST(SafetensorsTest, RoundTrip) {
       {"z.f64", DType::kF64, Shape{1, 1}, f64.data()},
   };
   std::map<std::string, std::string> meta = {{"format", "pt"}, {"note", "héllo \"quoted\""}};
-  const std::string path = dir.file("model.safetensors");
+  const std::string path = dir.sub("model.safetensors");
   ASSERT_TRUE(write_safetensors(path, tensors, meta).ok());
   EXPECT_FALSE(fs::exists(path + ".tmp"));
 
@@ -174,8 +159,8 @@ TEST(SafetensorsTest, RoundTrip) {
 
 TEST(SafetensorsTest, EmptyTensorList) {
   TempDir dir;
-  ASSERT_TRUE(write_safetensors(dir.file("e.safetensors"), {}).ok());
-  auto r = SafetensorsFile::open(dir.file("e.safetensors"));
+  ASSERT_TRUE(write_safetensors(dir.sub("e.safetensors"), {}).ok());
+  auto r = SafetensorsFile::open(dir.sub("e.safetensors"));
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_TRUE(r->entries().empty());
 }
@@ -183,7 +168,7 @@ TEST(SafetensorsTest, EmptyTensorList) {
 TEST(SafetensorsTest, WriterRefusesBadInput) {
   TempDir dir;
   float x[2] = {1, 2};
-  auto w = [&](std::vector<SafetensorsTensorToWrite> t) { return write_safetensors(dir.file("w.safetensors"), t); };
+  auto w = [&](std::vector<SafetensorsTensorToWrite> t) { return write_safetensors(dir.sub("w.safetensors"), t); };
   Status dup = w({{"a", DType::kF32, Shape{2}, x}, {"a", DType::kF32, Shape{1}, x}});
   EXPECT_EQ(dup.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(dup.message().find("'a'"), std::string::npos) << dup.message();
@@ -193,10 +178,10 @@ TEST(SafetensorsTest, WriterRefusesBadInput) {
   EXPECT_EQ(w({{"big", DType::kF32, Shape{int64_t{1} << 40, int64_t{1} << 40}, x}}).code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(w({{"bad\xff", DType::kF32, Shape{2}, x}}).code(), StatusCode::kInvalidArgument);
-  EXPECT_FALSE(fs::exists(dir.file("w.safetensors")));
-  EXPECT_FALSE(fs::exists(dir.file("w.safetensors.tmp")));
+  EXPECT_FALSE(fs::exists(dir.sub("w.safetensors")));
+  EXPECT_FALSE(fs::exists(dir.sub("w.safetensors.tmp")));
   // A folder that does not exist.
-  Status missing = write_safetensors(dir.file("no/such/x.safetensors"), {{"a", DType::kF32, Shape{2}, x}});
+  Status missing = write_safetensors(dir.sub("no/such/x.safetensors"), {{"a", DType::kF32, Shape{2}, x}});
   EXPECT_EQ(missing.code(), StatusCode::kNotFound);
 }
 
@@ -281,7 +266,7 @@ TEST(SafetensorsTest, RefusesOffsetsPastTheEnd) {
 
 TEST(SafetensorsTest, RefusesOffsetsThatLieAboutSize) {
   TempDir dir;
-  const std::string path = dir.file("model.safetensors");
+  const std::string path = dir.sub("model.safetensors");
   write_bytes(path, image(R"({"lm_head.weight": {"dtype": "F32", "shape": [64, 32], "data_offsets": [0, 4096]}})", 4096));
   auto r = SafetensorsFile::open(path);
   ASSERT_FALSE(r.ok());
@@ -310,7 +295,7 @@ TEST(SafetensorsTest, RefusesOverlappingEntries) {
 
 TEST(SafetensorsTest, AcceptsEmptyTensorsAnywhereAndGaps) {
   TempDir dir;
-  const std::string path = dir.file("ok.safetensors");
+  const std::string path = dir.sub("ok.safetensors");
   // An empty tensor owns no bytes, so it cannot overlap; the gap [16, 20) is tolerated.
   write_bytes(path, image(R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
                               "e": {"dtype": "F32", "shape": [0, 3], "data_offsets": [8, 8]},
@@ -383,11 +368,11 @@ TEST(SafetensorsTest, SurvivesCorruptedImages) {
   TempDir dir;
   std::vector<float> a(10, 1.0f);
   std::vector<uint16_t> b(7, 2);
-  ASSERT_TRUE(write_safetensors(dir.file("v.safetensors"),
+  ASSERT_TRUE(write_safetensors(dir.sub("v.safetensors"),
                                 {{"alpha", DType::kF32, Shape{2, 5}, a.data()}, {"beta", DType::kBF16, Shape{7}, b.data()}},
                                 {{"format", "pt"}})
                   .ok());
-  const std::string good = read_all(dir.file("v.safetensors"));
+  const std::string good = read_all(dir.sub("v.safetensors"));
   auto check = [](const std::string& img) {
     auto r = parse_safetensors(reinterpret_cast<const uint8_t*>(img.data()), img.size(), "fuzz");
     if (!r.ok()) {
