@@ -2,14 +2,16 @@
 // small LLM, for f32, bf16 and f16 weights; compared with the measured memory read bandwidth and
 // the measured vdpbf16ps / FMA peak of the machine.
 //
-//   gemm_bench [--isa scalar|avx2|avx512] [--threads N] [--quick]
+//   gemm_bench [--isa scalar|avx2|avx512] [--wtype float32|bfloat16|float16] [--threads N] [--quick]
 //
 // Decode is timed twice: "hot" calls the same W over and over (it may sit in L2/L3), "cold" rotates
 // through copies of W totalling >= 512 MiB so that every call streams W from DRAM, as in a real
-// forward pass over all layers.
+// forward pass over all layers; "sum GB/s" is a plain 2-thread sum over the same copies, measured in
+// alternation with the GEMM (the bandwidth of a shared machine drifts), and %sum the GEMM's share of it.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <utility>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -17,6 +19,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/cpu/gemm.h"
@@ -210,6 +213,38 @@ double time_gemm(kiln::cpu::Isa isa, const std::vector<Aligned*>& copies, DType 
   return best;
 }
 
+// Decode from DRAM: rounds alternate a gemm pass over all copies with a plain sum over the same
+// copies (each thread summing the half of every copy it would stream, 4 streams at once), so the
+// GEMM is compared with what a trivial reader gets from the same memory at the same time (the
+// machine's bandwidth varies with what its neighbours do). Returns {seconds per gemm, sum GB/s}.
+std::pair<double, double> time_cold(kiln::cpu::Isa isa, const std::vector<Aligned*>& copies, DType wtype,
+                                    int64_t n, int64_t k, const float* x, const float* bias, float* y,
+                                    ThreadPool& pool, int rounds) {
+  kiln::cpu::gemm_with_isa(isa, x, k, 1, copies[0]->p, wtype, n, k, bias, y, n, pool);
+  const auto& cf = kiln::cpu_features();
+  auto sum = cf.avx512f ? &sum_avx512<4> : cf.avx2 ? &sum_avx2<4> : &sum_scalar<4>;
+  const size_t floats = copies[0]->size / 4;
+  std::atomic<float> sink{0};
+  double best_gemm = 1e30, best_sum = 0;
+  for (int round = 0; round < rounds; ++round) {
+    auto t0 = Clock::now();
+    for (Aligned* c : copies) kiln::cpu::gemm_with_isa(isa, x, k, 1, c->p, wtype, n, k, bias, y, n, pool);
+    best_gemm = std::min(best_gemm, seconds_since(t0) / copies.size());
+    t0 = Clock::now();
+    std::atomic<size_t> bytes_read{0};
+    pool.run([&](int t, int nt) {
+      const size_t b = floats * t / nt / 16 * 16, e = floats * (t + 1) / nt / 16 * 16;
+      const size_t part = (e - b) / 4 / 64 * 64;  // what sum_*<4> reads of [b, e)
+      float acc = 0;
+      for (Aligned* c : copies) acc += sum(static_cast<const float*>(c->p) + b, e - b);
+      sink = sink + acc;
+      bytes_read += copies.size() * part * 4 * 4;
+    });
+    best_sum = std::max(best_sum, bytes_read / seconds_since(t0) / 1e9);
+  }
+  return {best_gemm, best_sum};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -217,6 +252,7 @@ int main(int argc, char** argv) {
   Isa isa = kiln::cpu::best_isa();
   int threads = 0;
   bool quick = false;
+  std::vector<DType> wtypes = {DType::kF32, DType::kBF16, DType::kF16};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--isa" && i + 1 < argc) {
@@ -226,12 +262,20 @@ int main(int argc, char** argv) {
         return 2;
       }
       isa = v == "scalar" ? Isa::kScalar : v == "avx2" ? Isa::kAvx2 : Isa::kAvx512;
+    } else if (a == "--wtype" && i + 1 < argc) {
+      auto t = kiln::dtype_from_name(argv[++i]);
+      if (!t || (*t != DType::kF32 && *t != DType::kBF16 && *t != DType::kF16)) {
+        std::fprintf(stderr, "--wtype: expected float32, bfloat16 or float16\n");
+        return 2;
+      }
+      wtypes = {*t};
     } else if (a == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
     } else if (a == "--quick") {
       quick = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--isa scalar|avx2|avx512] [--threads N] [--quick]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--isa scalar|avx2|avx512] [--wtype float32|bfloat16|float16] [--threads N] [--quick]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -247,10 +291,9 @@ int main(int argc, char** argv) {
               pool.num_threads(), kiln::cpu::isa_name(isa), load_average().c_str());
   const double mem_bw1 = memory_read_gbps<1>(pool, quick ? 4 : 12);
   const double mem_bw4 = memory_read_gbps<4>(pool, quick ? 4 : 12);
-  const double mem_bw = std::max(mem_bw1, mem_bw4);
   std::printf("memory read bandwidth (%d threads summing 512 MiB): %.1f GB/s with 1 stream per thread, "
-              "%.1f GB/s with 4; %%mem below is relative to %.1f GB/s\n",
-              pool.num_threads(), mem_bw1, mem_bw4, mem_bw);
+              "%.1f GB/s with 4\n",
+              pool.num_threads(), mem_bw1, mem_bw4);
   double peak_bf16 = 0, peak_fma = 0;
   if (cf.avx512f && cf.avx512_bf16) peak_bf16 = peak_gflops(pool, &dpbf16_loop, 24.0 * 64);
   if (cf.avx512f && cf.fma) peak_fma = peak_gflops(pool, &fma512_loop, 24.0 * 32);
@@ -265,10 +308,10 @@ int main(int argc, char** argv) {
   std::mt19937 rng(42);
   std::normal_distribution<float> nd(0.0f, 1.0f);
 
-  for (DType wtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+  for (DType wtype : wtypes) {
     std::printf("\n== W %s, kernel %s ==\n", kiln::dtype_name(wtype), kiln::cpu::gemm_kernel_name_for(isa, wtype));
-    std::printf("%5s %6s %6s %10s %9s %8s %9s %10s %9s %8s\n", "m", "n", "k", "W MiB", "hot us", "GFLOP/s",
-                "hot GB/s", "cold us", "cold GB/s", "%mem");
+    std::printf("%5s %6s %6s %8s %9s %8s %9s %9s %9s %8s %6s\n", "m", "n", "k", "W MiB", "hot us", "GFLOP/s",
+                "hot GB/s", "cold us", "cold GB/s", "sum GB/s", "%sum");
     for (const ShapeDef& s : shapes) {
       const size_t wbytes = kiln::cpu::packed_weight_bytes(wtype, s.n, s.k);
       std::vector<float> w(static_cast<size_t>(s.n * s.k));
@@ -283,7 +326,7 @@ int main(int argc, char** argv) {
       const double flops = 2.0 * s.m * s.n * s.k;
 
       const double hot = time_gemm(isa, copies, wtype, s.m, s.n, s.k, x.data(), bias.data(), y.data(), pool, min_s);
-      double cold = 0;
+      double cold = 0, sum_gbps = 0;
       if (s.m == 1) {
         const size_t want = std::max<size_t>(2, ((size_t{512} << 20) + wbytes - 1) / wbytes);
         while (copies.size() < want) {
@@ -291,13 +334,15 @@ int main(int argc, char** argv) {
           std::memcpy(copies.back()->p, copies[0]->p, wbytes);
           make_pages_unique(copies.back()->p, wbytes, wtype, static_cast<uint32_t>(copies.size()));
         }
-        cold = time_gemm(isa, copies, wtype, s.m, s.n, s.k, x.data(), bias.data(), y.data(), pool, min_s * 2);
+        std::tie(cold, sum_gbps) =
+            time_cold(isa, copies, wtype, s.n, s.k, x.data(), bias.data(), y.data(), pool, quick ? 4 : 12);
       }
-      std::printf("%5lld %6lld %6lld %10.2f %9.1f %8.1f %9.1f", static_cast<long long>(s.m),
+      std::printf("%5lld %6lld %6lld %8.2f %9.1f %8.1f %9.1f", static_cast<long long>(s.m),
                   static_cast<long long>(s.n), static_cast<long long>(s.k), wbytes / 1048576.0, hot * 1e6,
                   flops / hot / 1e9, wbytes / hot / 1e9);
       if (s.m == 1) {
-        std::printf(" %10.1f %9.1f %7.0f%%\n", cold * 1e6, wbytes / cold / 1e9, 100.0 * wbytes / cold / 1e9 / mem_bw);
+        std::printf(" %9.1f %9.1f %8.1f %5.0f%%\n", cold * 1e6, wbytes / cold / 1e9, sum_gbps,
+                    100.0 * wbytes / cold / 1e9 / sum_gbps);
       } else {
         const double peak = wtype == DType::kBF16 && kiln::cpu::gemm_kernel_name_for(isa, wtype) ==
                                                          std::string("avx512_bf16")

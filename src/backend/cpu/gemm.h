@@ -20,6 +20,13 @@
 //  * kF32 / kF16: activations stay fp32; W is widened exactly (F16C for kF16). AVX-512 and AVX2
 //    use fused multiply-add in the same order and agree bit for bit; the scalar kernel uses
 //    separate multiply and add (it runs on CPUs without FMA), so it differs in the last bits.
+//
+// Kernels (gemm_avx512.cpp, gemm_avx2.cpp, gemm_scalar.cpp; function-level target attributes, chosen
+// at run time from cpu_features()): a register tile of MR rows x NP panels, accumulators in
+// registers for the whole k loop. AVX-512: 8 x 3 panels (24 zmm) for prefill, m x 4 panels for
+// decode (m <= 4: four streams of W in flight per thread); x is converted to bf16 once per block of
+// rows for kBF16. Rows are processed in blocks whose activations fit in L2. Threads split the panels
+// of n (m = 1: each thread streams its own part of W), and the rows of m when n has few panels.
 #pragma once
 
 #include <cstddef>
@@ -41,8 +48,9 @@ size_t packed_weight_bytes(DType wtype, int64_t n, int64_t k);
 void pack_weight(const void* w, DType src_type, int64_t n, int64_t k, DType wtype, void* dst);
 
 // y[m, n] (f32, row stride ldy) = x[m, k] (f32, row stride ldx) · Wᵀ + bias (bias may be null, f32 [n]).
-// `packed` comes from pack_weight(..., wtype, ...). Splits the work over `pool` (over panels of n,
-// and over rows of m when there are few panels); must not be called from inside pool.run.
+// `packed` comes from pack_weight(..., wtype, ...). y must not overlap x. Splits the work over `pool`
+// (over panels of n, and over rows of m when there are few panels); must not be called from inside
+// pool.run. Shapes and pointers are checked with KILN_CHECK (they are bugs, not user errors).
 void gemm(const float* x, int64_t ldx, int64_t m, const void* packed, DType wtype, int64_t n, int64_t k,
           const float* bias, float* y, int64_t ldy, ThreadPool& pool);
 
