@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "executor/sequence_runner.h"
 #include "model/engine.h"
+#include "tokenizer/tokenizer.h"
 
 namespace kiln::cli {
 
@@ -69,6 +70,9 @@ int cmd_run(const std::vector<std::string>& argv) {
       {"max_output_len", true, "tokens to generate per prompt"},
       {"json", false, "print one JSON object a prompt (output_ids, log_probs, finish_reason)"},
       {"ignore_eos", false, "do not stop at the model's EOS tokens"},
+      {"input_text", true, "prompt text (repeatable); needs --tokenizer_dir"},
+      {"tokenizer_dir", true, "folder with tokenizer.json: encodes --input_text, prints output text"},
+      {"no_add_special_tokens", false, "encode --input_text without BOS/EOS"},
   };
   if (wants_help(argv)) {
     std::fputs(usage("run", "Greedy generation from token ids, one prompt at a time.", specs).c_str(), stdout);
@@ -89,7 +93,18 @@ int cmd_run(const std::vector<std::string>& argv) {
       KILN_ASSIGN_OR_RETURN(auto more, read_prompts(*f));
       prompts.insert(prompts.end(), more.begin(), more.end());
     }
-    if (prompts.empty()) return invalid_argument("give --input_ids or --input_file");
+    std::shared_ptr<const Tokenizer> tok;
+    if (auto dir = a.get("tokenizer_dir")) {
+      KILN_ASSIGN_OR_RETURN(tok, Tokenizer::from_dir(*dir));
+    }
+    const std::vector<std::string> texts = a.get_all("input_text");
+    if (!texts.empty() && !tok) return invalid_argument("--input_text needs --tokenizer_dir");
+    for (const std::string& text : texts) {
+      KILN_ASSIGN_OR_RETURN(auto ids, tok->encode(text, !a.has("no_add_special_tokens")));
+      if (ids.empty()) return invalid_argument("--input_text '" + text + "' encodes to no tokens");
+      prompts.push_back(std::move(ids));
+    }
+    if (prompts.empty()) return invalid_argument("give --input_ids, --input_file or --input_text");
 
     KILN_ASSIGN_OR_RETURN(Engine engine, load_engine(dir));
     CpuBackend backend;
@@ -104,10 +119,19 @@ int cmd_run(const std::vector<std::string>& argv) {
       KILN_ASSIGN_OR_RETURN(GreedyResult r, runner->generate(prompts[i], opt));
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const char* reason = r.stopped_at_eos ? "eos" : "length";
+      std::string text;
+      if (tok) {
+        KILN_ASSIGN_OR_RETURN(text, tok->decode(r.output_ids, /*skip_special_tokens=*/true));
+      }
       if (as_json) {
         nlohmann::json out = {{"index", i}, {"input_ids", prompts[i]}, {"output_ids", r.output_ids},
                               {"log_probs", r.log_probs}, {"finish_reason", reason}};
-        std::printf("%s\n", out.dump().c_str());
+        if (tok) out["output_text"] = text;
+        std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+      } else if (tok) {
+        KILN_ASSIGN_OR_RETURN(std::string input, tok->decode(prompts[i], /*skip_special_tokens=*/false));
+        std::printf("Input [%zu]: %s\nOutput [%zu]: %s\n(%zu tokens, %s, %.3f s)\n", i, input.c_str(), i, text.c_str(),
+                    r.output_ids.size(), reason, secs);
       } else {
         std::printf("Input [%zu]: %s\nOutput [%zu]: %s\n(%zu tokens, %s, %.3f s)\n", i, join_ids(prompts[i]).c_str(), i,
                     join_ids(r.output_ids).c_str(), r.output_ids.size(), reason, secs);

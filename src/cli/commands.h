@@ -9,5 +9,7 @@ namespace kiln::cli {
 int cmd_convert(const std::vector<std::string>& args);
 int cmd_build(const std::vector<std::string>& args);
 int cmd_run(const std::vector<std::string>& args);
+int cmd_tokenize(const std::vector<std::string>& args);
+int cmd_chat_template(const std::vector<std::string>& args);
 
 }  // namespace kiln::cli

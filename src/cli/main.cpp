@@ -13,7 +13,9 @@ const char* kUsage =
     "commands:\n"
     "  convert   Hugging Face model folder -> Kiln checkpoint dir\n"
     "  build     checkpoint dir -> engine dir (limits validated, memory planned, weights packed)\n"
-    "  run       generate greedily from token ids with an engine\n"
+    "  run       generate greedily from token ids or text with an engine\n"
+    "  tokenize  text -> token ids (or --decode ids -> text) with a tokenizer.json\n"
+    "  chat-template  render a model's chat template for a conversation\n"
     "  version   print the version\n";
 }
 
@@ -27,6 +29,8 @@ int main(int argc, char** argv) {
   if (cmd == "convert") return kiln::cli::cmd_convert(args);
   if (cmd == "build") return kiln::cli::cmd_build(args);
   if (cmd == "run") return kiln::cli::cmd_run(args);
+  if (cmd == "tokenize") return kiln::cli::cmd_tokenize(args);
+  if (cmd == "chat-template") return kiln::cli::cmd_chat_template(args);
   if (cmd == "version" || cmd == "--version") {
     std::printf("kiln %s\n", KILN_VERSION);
     return 0;

@@ -86,7 +86,7 @@ TEST_F(CliTest, RunRefusesBadInput) {
   r = kiln(e + " --input_file " + dir_->sub("bad.jsonl") + " --max_output_len 4");
   EXPECT_NE(r.output.find("bad.jsonl:2: expected a JSON list"), std::string::npos) << r.output;
   r = kiln(e + " --max_output_len 4");
-  EXPECT_NE(r.output.find("give --input_ids or --input_file"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("give --input_ids, --input_file or --input_text"), std::string::npos) << r.output;
 }
 
 TEST_F(CliTest, FlagsAreChecked) {
@@ -103,6 +103,52 @@ TEST_F(CliTest, FlagsAreChecked) {
   r = kiln("run --help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("--max_output_len"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+TEST(CliTokenizeTest, EncodesDecodesAndRendersTemplates) {
+  test::TempDir d;
+  const std::string tok = test::data_path("tokenizers/llama3");
+  std::ofstream(d.sub("texts.jsonl")) << "\"안녕하세요 world\"\n{\"text\": \"Hello!\"}\n";
+  CliRun r = kiln("tokenize --tokenizer_dir " + tok + " --input " + d.sub("texts.jsonl"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ofstream(d.sub("ids.jsonl")) << r.output;
+  r = kiln("tokenize --decode --tokenizer_dir " + tok + " --input " + d.sub("ids.jsonl"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output, "{\"text\":\"안녕하세요 world\"}\n{\"text\":\"Hello!\"}\n");
+  std::ofstream(d.sub("bad.jsonl")) << "\"ok\"\n\"\\ud800\"\n";
+  r = kiln("tokenize --tokenizer_dir " + tok + " --input " + d.sub("bad.jsonl"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("bad.jsonl:2"), std::string::npos) << r.output;
+
+  std::ofstream(d.sub("messages.json")) << R"([{"role": "user", "content": "Hi"}])";
+  r = kiln("chat-template --tokenizer_dir " + test::data_path("tokenizers/phi3") + " --messages " + d.sub("messages.json") +
+           " --add_generation_prompt");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output, "<|user|>\nHi<|end|>\n<|assistant|>\n");
+}
+
+TEST(CliTokenizeTest, RunTakesText) {
+  test::TempDir d;
+  CliRun c = kiln("convert --model_dir " + test::data_path("models/phi3") + " --output_dir " + d.sub("ckpt") + " --dtype float32");
+  ASSERT_EQ(c.code, 0) << c.output;
+  c = kiln("build --checkpoint_dir " + d.sub("ckpt") + " --output_dir " + d.sub("engine") +
+           " --max_batch_size 1 --max_input_len 64 --max_output_len 8");
+  ASSERT_EQ(c.code, 0) << c.output;
+  CliRun r = kiln("run --engine_dir " + d.sub("engine") + " --tokenizer_dir " + test::data_path("tokenizers/phi3") +
+                  " --input_text 'What is the color of the sky?' --max_output_len 4 --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto j = nlohmann::json::parse(r.output);
+  // <s> then the Phi-3 tokenizer's ids for the text
+  EXPECT_EQ(j["input_ids"][0], 1);
+  EXPECT_TRUE(j.contains("output_text"));
+  r = kiln("run --engine_dir " + d.sub("engine") + " --input_text hi --max_output_len 4");
+  EXPECT_NE(r.output.find("--input_text needs --tokenizer_dir"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -111,18 +111,24 @@ KILN_AVX2 void tile_bf16(const Tile& t) {
   const uint16_t* w = static_cast<const uint16_t*>(t.w);
   const __m256i hi_mask = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
   for (int64_t kk = 0; kk < t.kn; ++kk) {
+    // Widen the panel row first (8 columns x (k even, k odd) per 32-bit lane: low half = even k,
+    // high half = odd k), then one pair of broadcasts per row: 2*NP*2 + MR*2*NP + 2 live registers.
+    __m256 w_even[2 * NP], w_odd[2 * NP];
 #pragma GCC unroll 4
     for (int h = 0; h < 2 * NP; ++h) {
-      // 8 columns x (k even, k odd) as 32-bit lanes: low half = even k, high half = odd k.
       const __m256i v =
           _mm256_load_si256(reinterpret_cast<const __m256i*>(w + (h / 2) * t.wps + kk * 2 * P + (h % 2) * 16));
-      const __m256 w_even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-      const __m256 w_odd = _mm256_castsi256_ps(_mm256_and_si256(v, hi_mask));
+      w_even[h] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      w_odd[h] = _mm256_castsi256_ps(_mm256_and_si256(v, hi_mask));
+    }
 #pragma GCC unroll 6
-      for (int i = 0; i < MR; ++i) {
-        const float* xp = t.x + i * t.ldx + 2 * kk;
-        acc[i][h] = _mm256_fmadd_ps(_mm256_broadcast_ss(xp + 1), w_odd, acc[i][h]);
-        acc[i][h] = _mm256_fmadd_ps(_mm256_broadcast_ss(xp), w_even, acc[i][h]);
+    for (int i = 0; i < MR; ++i) {
+      const float* xp = t.x + i * t.ldx + 2 * kk;
+      const __m256 x_odd = _mm256_broadcast_ss(xp + 1), x_even = _mm256_broadcast_ss(xp);
+#pragma GCC unroll 4
+      for (int h = 0; h < 2 * NP; ++h) {
+        acc[i][h] = _mm256_fmadd_ps(x_odd, w_odd[h], acc[i][h]);
+        acc[i][h] = _mm256_fmadd_ps(x_even, w_even[h], acc[i][h]);
       }
     }
   }
@@ -161,7 +167,8 @@ void gemm_block_avx2(const GemmArgs& a, int64_t r0, int64_t r1, int64_t p0, int6
       bf16 ? kBf16Tiles : a.wtype == DType::kF16 ? kF16Tiles : kF32Tiles;
 
   // Prefill tile: 6 rows x 1 panel = 12 ymm accumulators (4 rows for bf16, which needs 4 registers
-  // for a widened panel row). Rows per block: a multiple of that, activations <= 256 KiB (L2).
+  // for a widened panel row: 8 + 4 + 2 broadcasts). Rows per block: a multiple of that, activations
+  // <= 256 KiB (L2).
   const int mr_max = bf16 ? 4 : kMaxMR;
   const int64_t x_row_bytes = std::max<int64_t>(kp, 1) * 4;
   int64_t mb_max = std::max<int64_t>(mr_max, (256 << 10) / x_row_bytes / mr_max * mr_max);
@@ -178,7 +185,8 @@ void gemm_block_avx2(const GemmArgs& a, int64_t r0, int64_t r1, int64_t p0, int6
         if (kp > k) xr[i * kp + k] = 0.0f;
       }
     }
-    const int np_max = rows <= 2 ? 2 : 1;  // decode: two panels, more loads in flight
+    // Decode: two panels (more loads in flight) while the registers allow it.
+    const int np_max = rows <= (bf16 ? 1 : 2) ? 2 : 1;
     for (int64_t p = p0; p < p1; p += np_max) {
       const int np = static_cast<int>(std::min<int64_t>(np_max, p1 - p));
       Tile t;
