@@ -11,3 +11,18 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_ASAN=
 cmake --build build-asan -j"$(nproc)" --target kiln_tests
 ASAN_OPTIONS=detect_leaks=1 build-asan/kiln_tests \
   --gtest_filter='Safetensors*:HfCheckpoint*:MappedFile*:EngineFile*:Convert*:ModelConfig*:Rope*'
+
+# The chat-template goldens must be what Python jinja2 renders today (the C++ test compares against them).
+.venv/bin/pip install -q jinja2
+ref=tests/data/chat_templates
+saved=$(mktemp -d)
+cp "$ref/reference.json" "$ref/language_reference.json" "$saved/"
+.venv/bin/python "$ref/make_reference.py" >/dev/null
+status=0
+for f in reference.json language_reference.json; do
+  cmp -s "$ref/$f" "$saved/$f" || { echo "chat templates: $f differs from what jinja2 renders now"; status=1; }
+  cp "$saved/$f" "$ref/$f"
+done
+rm -rf "$saved"
+[ $status -eq 0 ] && echo "chat templates: jinja2 $(.venv/bin/python -c 'import jinja2; print(jinja2.__version__)') renders every golden identically"
+exit $status
