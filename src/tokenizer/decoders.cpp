@@ -239,14 +239,7 @@ Result<std::unique_ptr<Decoder>> parse_decoder(const json& j, const std::string&
         new StripDecoder(cp, static_cast<size_t>(start), static_cast<size_t>(stop)));
   }
   if (type == "Sequence") {
-    const json* list = jfind(j, "decoders");
-    std::string lpath = jkey(path, "decoders");
-    if (!list || !list->is_array()) return json_error(lpath, "expected an array of decoders");
-    std::vector<std::unique_ptr<Decoder>> items;
-    for (size_t i = 0; i < list->size(); ++i) {
-      KILN_ASSIGN_OR_RETURN(auto d, parse_decoder((*list)[i], jidx(lpath, i)));
-      items.push_back(std::move(d));
-    }
+    KILN_ASSIGN_OR_RETURN(auto items, jsequence<Decoder>(j, path, "decoders", "decoders", parse_decoder));
     return std::unique_ptr<Decoder>(new SequenceDecoder(std::move(items)));
   }
   return unimplemented(jkey(path, "type") + ": decoder \"" + type + "\" is not supported");

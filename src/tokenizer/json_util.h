@@ -4,9 +4,11 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/status.h"
 
@@ -84,6 +86,22 @@ inline Result<std::string> jchar(const json& obj, const std::string& path, std::
 inline Result<std::string> jtype(const json& obj, const std::string& path) {
   if (!obj.is_object()) return json_error(path, "expected an object");
   return jstring(obj, path, "type");
+}
+
+// The members of a "Sequence" component: obj[key] must be an array; each element is parsed with
+// parse(element, element_path) into a Component.
+template <typename Component, typename ParseFn>
+Result<std::vector<std::unique_ptr<Component>>> jsequence(const json& obj, const std::string& path, const char* key,
+                                                          const char* what, ParseFn parse) {
+  const json* list = jfind(obj, key);
+  const std::string lpath = jkey(path, key);
+  if (!list || !list->is_array()) return json_error(lpath, std::string("expected an array of ") + what);
+  std::vector<std::unique_ptr<Component>> items;
+  for (size_t i = 0; i < list->size(); ++i) {
+    KILN_ASSIGN_OR_RETURN(auto item, parse((*list)[i], jidx(lpath, i)));
+    items.push_back(std::move(item));
+  }
+  return items;
 }
 
 }  // namespace kiln::tok

@@ -148,14 +148,7 @@ Result<std::unique_ptr<Normalizer>> parse_normalizer(const json& j, const std::s
     return std::unique_ptr<Normalizer>(new ReplaceNormalizer(std::move(m), std::move(content)));
   }
   if (type == "Sequence") {
-    const json* list = jfind(j, "normalizers");
-    std::string lpath = jkey(path, "normalizers");
-    if (!list || !list->is_array()) return json_error(lpath, "expected an array of normalizers");
-    std::vector<std::unique_ptr<Normalizer>> items;
-    for (size_t i = 0; i < list->size(); ++i) {
-      KILN_ASSIGN_OR_RETURN(auto n, parse_normalizer((*list)[i], jidx(lpath, i)));
-      items.push_back(std::move(n));
-    }
+    KILN_ASSIGN_OR_RETURN(auto items, jsequence<Normalizer>(j, path, "normalizers", "normalizers", parse_normalizer));
     return std::unique_ptr<Normalizer>(new SequenceNormalizer(std::move(items)));
   }
   return unimplemented(jkey(path, "type") + ": normalizer \"" + type + "\" is not supported");

@@ -110,14 +110,7 @@ Result<std::unique_ptr<PostProcessor>> parse_post_processor(const json& j, const
   if (type == "TemplateProcessing") return parse_template(j, path);
   if (type == "ByteLevel") return std::unique_ptr<PostProcessor>(new NoOpProcessor());
   if (type == "Sequence") {
-    const json* list = jfind(j, "processors");
-    std::string lpath = jkey(path, "processors");
-    if (!list || !list->is_array()) return json_error(lpath, "expected an array of post-processors");
-    std::vector<std::unique_ptr<PostProcessor>> items;
-    for (size_t i = 0; i < list->size(); ++i) {
-      KILN_ASSIGN_OR_RETURN(auto p, parse_post_processor((*list)[i], jidx(lpath, i)));
-      items.push_back(std::move(p));
-    }
+    KILN_ASSIGN_OR_RETURN(auto items, jsequence<PostProcessor>(j, path, "processors", "post-processors", parse_post_processor));
     return std::unique_ptr<PostProcessor>(new SequenceProcessor(std::move(items)));
   }
   return unimplemented(jkey(path, "type") + ": post-processor \"" + type + "\" is not supported");

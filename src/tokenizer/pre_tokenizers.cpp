@@ -355,14 +355,7 @@ Result<std::unique_ptr<PreTokenizer>> parse_pre_tokenizer(const json& j, const s
     return std::unique_ptr<PreTokenizer>(new SplitPreTokenizer(std::move(m), SplitBehavior::kRemoved, true));
   }
   if (type == "Sequence") {
-    const json* list = jfind(j, "pretokenizers");
-    std::string lpath = jkey(path, "pretokenizers");
-    if (!list || !list->is_array()) return json_error(lpath, "expected an array of pre-tokenizers");
-    std::vector<std::unique_ptr<PreTokenizer>> items;
-    for (size_t i = 0; i < list->size(); ++i) {
-      KILN_ASSIGN_OR_RETURN(auto p, parse_pre_tokenizer((*list)[i], jidx(lpath, i)));
-      items.push_back(std::move(p));
-    }
+    KILN_ASSIGN_OR_RETURN(auto items, jsequence<PreTokenizer>(j, path, "pretokenizers", "pre-tokenizers", parse_pre_tokenizer));
     return std::unique_ptr<PreTokenizer>(new SequencePreTokenizer(std::move(items)));
   }
   return unimplemented(jkey(path, "type") + ": pre-tokenizer \"" + type + "\" is not supported");
