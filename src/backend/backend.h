@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/status.h"
@@ -99,6 +100,9 @@ class Backend {
   // the CPU may use `host` in place (e.g. an mmap'd engine file); a GPU copies it.
   virtual Result<Tensor> adopt_weight(const Tensor& host, std::shared_ptr<void> keep_alive) = 0;
   virtual Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) = 0;
+  // Copies whole KV blocks (every layer, K and V): (src, dst) pairs, e.g. a beam's private copy of a
+  // block it shared with its parent beam.
+  virtual void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) = 0;
 
   // --- ops (activations are f32 on the CPU backend)
   // out[t, :] = table[ids[t], :]                    table [vocab, hidden], ids [T] i32, out [T, hidden]

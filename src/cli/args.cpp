@@ -1,6 +1,7 @@
 #include "cli/args.h"
 
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 
 namespace kiln::cli {
@@ -60,6 +61,16 @@ Result<int64_t> Args::get_int(const std::string& name, int64_t fallback) const {
   auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
   if (ec != std::errc() || p != v->data() + v->size())
     return invalid_argument("flag --" + name + " expects an integer, got '" + *v + "'");
+  return out;
+}
+
+Result<double> Args::get_float(const std::string& name, double fallback) const {
+  auto v = get(name);
+  if (!v) return fallback;
+  double out = 0;
+  auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
+  if (ec != std::errc() || p != v->data() + v->size() || !std::isfinite(out))
+    return invalid_argument("flag --" + name + " expects a number, got '" + *v + "'");
   return out;
 }
 

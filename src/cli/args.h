@@ -25,6 +25,7 @@ class Args {
   std::vector<std::string> get_all(const std::string& name) const;
   Result<std::string> require(const std::string& name) const;
   Result<int64_t> get_int(const std::string& name, int64_t fallback) const;
+  Result<double> get_float(const std::string& name, double fallback) const;
 
  private:
   std::map<std::string, std::vector<std::string>> values_;

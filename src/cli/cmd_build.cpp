@@ -11,6 +11,7 @@ int cmd_build(const std::vector<std::string>& argv) {
       {"checkpoint_dir", true, "checkpoint dir from `kiln convert`"},
       {"output_dir", true, "engine dir to write"},
       {"max_batch_size", true, "most sequences in flight at once (8)"},
+      {"max_beam_width", true, "widest beam search a request may ask for (1)"},
       {"max_input_len", true, "longest prompt in tokens (1024)"},
       {"max_seq_len", true, "longest prompt + output in tokens"},
       {"max_output_len", true, "longest output; max_seq_len = max_input_len + this"},
@@ -30,6 +31,7 @@ int cmd_build(const std::vector<std::string>& argv) {
     KILN_ASSIGN_OR_RETURN(std::string out, a.require("output_dir"));
     BuildConfig b;
     KILN_ASSIGN_OR_RETURN(b.max_batch_size, a.get_int("max_batch_size", 8));
+    KILN_ASSIGN_OR_RETURN(b.max_beam_width, a.get_int("max_beam_width", 1));
     KILN_ASSIGN_OR_RETURN(b.max_input_len, a.get_int("max_input_len", 1024));
     KILN_ASSIGN_OR_RETURN(int64_t seq, a.get_int("max_seq_len", 0));
     KILN_ASSIGN_OR_RETURN(int64_t outl, a.get_int("max_output_len", 0));

@@ -7,7 +7,9 @@
 #include "backend/cpu/cpu_backend.h"
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "executor/sequence_runner.h"
+#include "cli/executor_flags.h"
+#include "executor/executor.h"
+#include "tokenizer/detokenizer.h"
 #include "model/engine.h"
 #include "tokenizer/tokenizer.h"
 
@@ -63,19 +65,22 @@ std::string join_ids(const std::vector<int32_t>& ids) {
 }  // namespace
 
 int cmd_run(const std::vector<std::string>& argv) {
-  const std::vector<FlagSpec> specs = {
+  std::vector<FlagSpec> specs = {
       {"engine_dir", true, "engine dir from `kiln build`"},
       {"input_ids", true, "comma-separated prompt token ids, e.g. 1,2,3 (repeatable)"},
-      {"input_file", true, "JSONL file: one JSON list of token ids a line"},
-      {"max_output_len", true, "tokens to generate per prompt"},
-      {"json", false, "print one JSON object a prompt (output_ids, log_probs, finish_reason)"},
-      {"ignore_eos", false, "do not stop at the model's EOS tokens"},
+      {"input_file", true, "JSONL file: one JSON list of token ids a line; all prompts run concurrently"},
+      {"max_output_len", true, "tokens to generate per prompt (request_output_len)"},
+      {"json", false, "print one JSON object a prompt (output_ids, log_probs, finish_reason, beams)"},
       {"input_text", true, "prompt text (repeatable); needs --tokenizer_dir"},
       {"tokenizer_dir", true, "folder with tokenizer.json: encodes --input_text, prints output text"},
       {"no_add_special_tokens", false, "encode --input_text without BOS/EOS"},
   };
+  for (auto more : {decoding_flag_specs(), executor_flag_specs()}) specs.insert(specs.end(), more.begin(), more.end());
   if (wants_help(argv)) {
-    std::fputs(usage("run", "Greedy generation from token ids, one prompt at a time.", specs).c_str(), stdout);
+    std::fputs(usage("run", "Generates from prompts through the in-flight batching executor (all prompts at once).",
+                     specs)
+                   .c_str(),
+               stdout);
     return 0;
   }
   auto run = [&]() -> Status {
@@ -83,7 +88,9 @@ int cmd_run(const std::vector<std::string>& argv) {
     KILN_ASSIGN_OR_RETURN(std::string dir, a.require("engine_dir"));
     KILN_RETURN_IF_ERROR(a.require("max_output_len").status());
     KILN_ASSIGN_OR_RETURN(int64_t max_out, a.get_int("max_output_len", 0));
-    if (max_out <= 0) return invalid_argument("--max_output_len must be positive");
+    if (max_out <= 0 || max_out > (1 << 30)) return invalid_argument("--max_output_len must be positive");
+    KILN_ASSIGN_OR_RETURN(Request proto, request_template_from(a));
+    KILN_ASSIGN_OR_RETURN(ExecutorConfig config, executor_config_from(a));
     std::vector<std::vector<int32_t>> prompts;
     for (const std::string& ids : a.get_all("input_ids")) {
       KILN_ASSIGN_OR_RETURN(auto p, parse_id_list(ids));
@@ -109,34 +116,100 @@ int cmd_run(const std::vector<std::string>& argv) {
     KILN_ASSIGN_OR_RETURN(Engine engine, load_engine(dir));
     CpuBackend backend;
     KILN_ASSIGN_OR_RETURN(auto model, LlamaModel::load(engine, backend));
-    KILN_ASSIGN_OR_RETURN(auto runner, SequenceRunner::create(*model, backend));
-    GreedyOptions opt;
-    opt.max_new_tokens = max_out;
-    opt.stop_at_eos = !a.has("ignore_eos");
+    KILN_ASSIGN_OR_RETURN(auto executor, Executor::create(*model, backend, config));
     const bool as_json = a.has("json");
+    if (!as_json) std::fprintf(stderr, "kiln run: %s\n", executor->kv_plan().c_str());
+
+    // Everything goes in at once; the executor batches it.
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<RequestId> ids;
     for (size_t i = 0; i < prompts.size(); ++i) {
-      auto t0 = std::chrono::steady_clock::now();
-      KILN_ASSIGN_OR_RETURN(GreedyResult r, runner->generate(prompts[i], opt));
-      double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const char* reason = r.stopped_at_eos ? "eos" : "length";
-      std::string text;
-      if (tok) {
-        KILN_ASSIGN_OR_RETURN(text, tok->decode(r.output_ids, /*skip_special_tokens=*/true));
+      Request r = proto;
+      r.input_ids = prompts[i];
+      r.max_new_tokens = static_cast<int32_t>(max_out);
+      r.output.return_log_probs = as_json;
+      auto id = executor->enqueue(std::move(r));
+      if (!id.ok()) return id.status().with_context("prompt " + std::to_string(i));
+      ids.push_back(*id);
+    }
+    auto decode = [&](const std::vector<int32_t>& out) -> Result<std::string> {
+      return tok ? tok->decode(out, /*skip_special_tokens=*/true) : Result<std::string>(join_ids(out));
+    };
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (proto.streaming && !as_json && proto.sampling.beam_width == 1) {
+        // Tokens (or UTF-8-safe text) as they arrive; other prompts keep running meanwhile.
+        std::unique_ptr<IncrementalDetokenizer> detok;
+        if (tok) detok = std::make_unique<IncrementalDetokenizer>(tok, prompts[i], true);
+        std::printf("Output [%zu]: ", i);
+        bool first = true;
+        for (bool done = false; !done;) {
+          for (const Response& c : executor->await_responses(ids[i])) {
+            if (!c.error.ok()) return c.error.with_context("prompt " + std::to_string(i));
+            for (int32_t t : c.output_ids[0]) {
+              if (detok) {
+                KILN_ASSIGN_OR_RETURN(std::string d, detok->add(t));
+                std::fputs(d.c_str(), stdout);
+              } else {
+                std::printf("%s%d", first ? "" : ",", t);
+              }
+              first = false;
+            }
+            std::fflush(stdout);
+            if (c.is_final) {
+              if (detok) {
+                KILN_ASSIGN_OR_RETURN(std::string d, detok->finish());
+                std::fputs(d.c_str(), stdout);
+              }
+              std::printf("\n(%d tokens, %s)\n", c.sequence_lengths[0], finish_reason_name(c.finish_reasons[0]));
+              done = true;
+            }
+          }
+        }
+        continue;
       }
+      KILN_ASSIGN_OR_RETURN(Response r, executor->await_final(ids[i]));
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const char* reason = finish_reason_name(r.finish_reasons[0]);
       if (as_json) {
-        nlohmann::json out = {{"index", i}, {"input_ids", prompts[i]}, {"output_ids", r.output_ids},
-                              {"log_probs", r.log_probs}, {"finish_reason", reason}};
-        if (tok) out["output_text"] = text;
+        nlohmann::json out = {{"index", i}, {"input_ids", prompts[i]}, {"output_ids", r.output_ids[0]},
+                              {"log_probs", r.output_log_probs.empty() ? std::vector<float>{} : r.output_log_probs[0]},
+                              {"finish_reason", reason}};
+        if (r.output_ids.size() > 1) {
+          nlohmann::json beams = nlohmann::json::array();
+          for (size_t b = 0; b < r.output_ids.size(); ++b)
+            beams.push_back({{"output_ids", r.output_ids[b]}, {"cum_log_prob", r.cum_log_probs[b]},
+                             {"finish_reason", finish_reason_name(r.finish_reasons[b])}});
+          out["beams"] = beams;
+        }
+        if (tok) {
+          KILN_ASSIGN_OR_RETURN(std::string text, decode(r.output_ids[0]));
+          out["output_text"] = text;
+        }
         std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
-      } else if (tok) {
-        KILN_ASSIGN_OR_RETURN(std::string input, tok->decode(prompts[i], /*skip_special_tokens=*/false));
-        std::printf("Input [%zu]: %s\nOutput [%zu]: %s\n(%zu tokens, %s, %.3f s)\n", i, input.c_str(), i, text.c_str(),
-                    r.output_ids.size(), reason, secs);
       } else {
-        std::printf("Input [%zu]: %s\nOutput [%zu]: %s\n(%zu tokens, %s, %.3f s)\n", i, join_ids(prompts[i]).c_str(), i,
-                    join_ids(r.output_ids).c_str(), r.output_ids.size(), reason, secs);
+        std::string input;
+        if (tok) {
+          KILN_ASSIGN_OR_RETURN(input, tok->decode(prompts[i], /*skip_special_tokens=*/false));
+        } else {
+          input = join_ids(prompts[i]);
+        }
+        std::printf("Input [%zu]: %s\n", i, input.c_str());
+        for (size_t b = 0; b < r.output_ids.size(); ++b) {
+          KILN_ASSIGN_OR_RETURN(std::string text, decode(r.output_ids[b]));
+          if (r.output_ids.size() > 1) std::printf("Output [%zu] beam %zu: %s\n", i, b, text.c_str());
+          else std::printf("Output [%zu]: %s\n", i, text.c_str());
+        }
+        std::printf("(%zu tokens, %s, done at %.3f s)\n", r.output_ids[0].size(), reason, secs);
       }
       std::fflush(stdout);
+    }
+    executor->shutdown();
+    if (!as_json) {
+      const ExecutorStats st = executor->stats();
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::fprintf(stderr, "kiln run: %zu prompts, %lld generated tokens in %.3f s (%.1f tokens/s), %lld iterations\n",
+                   prompts.size(), static_cast<long long>(st.generated_tokens), secs, st.generated_tokens / secs,
+                   static_cast<long long>(st.iterations));
     }
     return {};
   };

@@ -20,6 +20,8 @@ Status BuildConfig::finalize(const ModelConfig& m) {
     return {};
   };
   KILN_RETURN_IF_ERROR(positive(max_batch_size, "--max_batch_size"));
+  KILN_RETURN_IF_ERROR(positive(max_beam_width, "--max_beam_width"));
+  if (max_beam_width > 64) return invalid_argument("--max_beam_width must be at most 64");
   KILN_RETURN_IF_ERROR(positive(max_input_len, "--max_input_len"));
   KILN_RETURN_IF_ERROR(positive(max_seq_len, "--max_seq_len"));
   if (max_batch_size > 65536) return invalid_argument("--max_batch_size must be at most 65536");
@@ -50,7 +52,7 @@ Status BuildConfig::finalize(const ModelConfig& m) {
 
 json BuildConfig::to_json() const {
   return json{{"max_batch_size", max_batch_size}, {"max_input_len", max_input_len},   {"max_seq_len", max_seq_len},
-              {"max_num_tokens", max_num_tokens}, {"gemm_plugin", gemm_plugin},       {"tp_size", tp_size},
+              {"max_num_tokens", max_num_tokens}, {"max_beam_width", max_beam_width}, {"gemm_plugin", gemm_plugin},       {"tp_size", tp_size},
               {"pp_size", pp_size},               {"tokens_per_block", tokens_per_block}, {"dtype", dtype_name(dtype)},
               {"kv_cache_dtype", dtype_name(kv_cache_dtype)}, {"backend", backend}};
 }
@@ -62,6 +64,7 @@ Result<BuildConfig> BuildConfig::from_json(const json& j) {
     b.max_input_len = j.at("max_input_len").get<int64_t>();
     b.max_seq_len = j.at("max_seq_len").get<int64_t>();
     b.max_num_tokens = j.at("max_num_tokens").get<int64_t>();
+    b.max_beam_width = j.value("max_beam_width", 1);  // engines built before beam search: 1
     b.gemm_plugin = j.at("gemm_plugin").get<std::string>();
     b.tp_size = j.at("tp_size").get<int>();
     b.pp_size = j.at("pp_size").get<int>();
@@ -80,16 +83,6 @@ Result<BuildConfig> BuildConfig::from_json(const json& j) {
 
 namespace {
 
-uint64_t available_host_memory() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  uint64_t kb;
-  std::string unit;
-  while (in >> key >> kb >> unit)
-    if (key == "MemAvailable:") return kb * 1024;
-  return 8ull << 30;
-}
-
 size_t stored_bytes(const WeightSpec& s, DType dtype) {
   const DType t = s.kind == WeightKind::kVector ? DType::kF32 : dtype;
   if (s.kind == WeightKind::kLinear) return cpu::packed_weight_bytes(t, s.shape[0], s.shape[1]);
@@ -103,6 +96,18 @@ std::vector<WeightSpec> engine_specs(const ModelConfig& m) {
   return specs;
 }
 
+}  // namespace
+
+uint64_t available_host_memory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kb;
+  std::string unit;
+  while (in >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return 8ull << 30;
+}
+
 std::string human_bytes(uint64_t b) {
   std::ostringstream os;
   os.precision(3);
@@ -111,8 +116,6 @@ std::string human_bytes(uint64_t b) {
   else os << b / 1024.0 << " KiB";
   return os.str();
 }
-
-}  // namespace
 
 std::string MemoryPlan::to_string() const {
   std::ostringstream os;

@@ -22,6 +22,7 @@ struct BuildConfig {
   int64_t max_input_len = 1024;
   int64_t max_seq_len = 0;      // max_input_len + max_output_len
   int64_t max_num_tokens = 0;   // tokens in one forward (prefill chunks + decode); 0 = default
+  int64_t max_beam_width = 1;   // widest beam search a request may ask for
   std::string gemm_plugin = "auto";  // "auto", "disable" or the engine dtype (accepted for trtllm-build parity)
   int tp_size = 1;
   int pp_size = 1;
@@ -35,6 +36,11 @@ struct BuildConfig {
   nlohmann::json to_json() const;
   static Result<BuildConfig> from_json(const nlohmann::json& j);
 };
+
+// MemAvailable of /proc/meminfo (8 GiB when unreadable).
+uint64_t available_host_memory();
+// "1.5 GiB", "320 KiB".
+std::string human_bytes(uint64_t bytes);
 
 struct MemoryPlan {
   uint64_t weights_bytes = 0;

@@ -71,6 +71,12 @@ KvCacheSpec LlamaModel::kv_cache_spec(int num_blocks) const {
   return s;
 }
 
+int32_t LlamaModel::attention_window(size_t layer) const {
+  const int32_t w = static_cast<int32_t>(config_.layer_window[layer]);
+  if (window_cap_ <= 0) return w;
+  return w > 0 ? std::min(w, window_cap_) : window_cap_;
+}
+
 Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
   if (T <= ws_tokens_ && R <= ws_logit_rows_) return {};
   T = std::max(T, ws_tokens_);
@@ -178,7 +184,7 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
     qkv_layout.q_norm = bias(w.q_norm);
     qkv_layout.k_norm = bias(w.k_norm);
     backend_.qkv_rope_kv_write(qkv, qkv_layout, cos_sin, batch.attention, kv.layers[l], q);
-    attn_params.window = static_cast<int32_t>(c.layer_window[l]);
+    attn_params.window = attention_window(l);
     backend_.paged_attention(q, kv.layers[l], batch.attention, attn_params, attn);
     backend_.linear(attn, w.o, bias(w.o_bias), proj);
     backend_.add_rmsnorm(x, proj, w.mlp_norm, eps, h);

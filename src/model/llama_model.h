@@ -36,6 +36,7 @@ struct ForwardBatch {
   std::vector<int32_t> rope_seq_len;
 };
 
+// Not thread-safe (one activation workspace): one executor drives a model at a time.
 class LlamaModel {
  public:
   static Result<std::unique_ptr<LlamaModel>> load(const Engine& engine, Backend& backend);
@@ -43,6 +44,10 @@ class LlamaModel {
   const ModelConfig& config() const { return config_; }
   const BuildConfig& build() const { return build_; }
   KvCacheSpec kv_cache_spec(int num_blocks) const;
+  // max_attention_window_size: caps every layer's attention window (0 = the model's own windows).
+  void set_attention_window_cap(int32_t tokens) { window_cap_ = tokens; }
+  // The window layer l attends over (0 = the whole sequence).
+  int32_t attention_window(size_t layer) const;
 
   // Runs the batch, writing each sequence's new K/V into `kv`, and returns f32 logits
   // [logit_rows.size(), vocab] in `logits` (host).
@@ -56,6 +61,7 @@ class LlamaModel {
   ModelConfig config_;
   BuildConfig build_;
   Backend& backend_;
+  int32_t window_cap_ = 0;
   std::shared_ptr<EngineFile> file_;  // keeps the mapped weights alive
   Tensor embed_;                       // [vocab, hidden]
   std::vector<LayerWeights> layers_;

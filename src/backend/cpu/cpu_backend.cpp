@@ -50,6 +50,17 @@ Result<std::unique_ptr<KvStorage>> CpuBackend::create_kv_storage(const KvCacheSp
   return kv;
 }
 
+void CpuBackend::copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) {
+  const KvCacheSpec& s = kv.spec;
+  const size_t block_bytes = static_cast<size_t>(s.num_kv_heads) * s.block_size * s.head_dim * dtype_size(s.dtype);
+  for (KvLayer& layer : kv.layers)
+    for (Tensor* t : {&layer.k, &layer.v})
+      for (auto [src, dst] : src_dst) {
+        KILN_CHECK(src >= 0 && dst >= 0 && src < s.num_blocks && dst < s.num_blocks, "KV block copy out of range");
+        std::memcpy(t->as<char>() + dst * block_bytes, t->as<char>() + src * block_bytes, block_bytes);
+      }
+}
+
 void CpuBackend::embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
   const int64_t hidden = table.dim(1);
   const int32_t* id = ids.as<int32_t>();

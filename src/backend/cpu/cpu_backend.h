@@ -16,6 +16,7 @@ class CpuBackend final : public Backend {
   void download(const Tensor& src, void* host) override;
   Result<Tensor> adopt_weight(const Tensor& host, std::shared_ptr<void> keep_alive) override;
   Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) override;
+  void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) override;
 
   void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override;
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;

@@ -1,0 +1,30 @@
+// One decoding step of one request, from the raw logits of its sequences: sampling for a single
+// sequence, a beam-search step for beams; finish conditions; and the responses they produce.
+#pragma once
+
+#include <vector>
+
+#include "executor/kv_cache_manager.h"
+#include "executor/request_state.h"
+
+namespace kiln {
+
+// raw: the sequence's raw logits [vocab]. Appends the chosen token to r.seqs[0] and sets its finish reason.
+void sample_next_token(RequestState& r, const float* raw, int64_t vocab, std::vector<float>& scratch);
+
+// rows: raw logits [live, vocab] of r.seqs in order. Forks the surviving beams' KV blocks; when the
+// search is done fills r.hypotheses and releases every beam.
+void beam_step(RequestState& r, const float* rows, int64_t vocab, KvCacheManager& kv, std::vector<float>& scratch);
+
+// Whether the request has nothing left to generate.
+bool request_done(const RequestState& r);
+
+// Generated tokens of a sequence that a response shows: an end id that stopped it is not shown.
+int32_t visible_output_len(const RequestState& r, const Sequence& s);
+
+// A streaming chunk: width 1 sends the tokens since the last chunk; beams send every live beam whole.
+Response stream_chunk(RequestState& r, int64_t vocab);
+// The final response (with `reason` forced when given, e.g. cancelled).
+Response final_response(RequestState& r, int64_t vocab, FinishReason forced = FinishReason::kNotFinished);
+
+}  // namespace kiln

@@ -1,0 +1,124 @@
+// The in-flight batching executor: requests come and go between iterations of one engine loop that runs
+// on its own thread (schedule -> forward -> decode -> respond). Callers never block it: enqueue() only
+// validates and queues, responses go to a per-request queue or callback.
+//
+//   auto ex = *Executor::create(model, backend, ExecutorConfig{});
+//   RequestId id = *ex->enqueue(Request{.input_ids = ids, .max_new_tokens = 32});
+//   Response r = *ex->await_final(id);
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "backend/backend.h"
+#include "executor/kv_cache_manager.h"
+#include "executor/request.h"
+#include "executor/request_state.h"
+#include "executor/scheduler.h"
+#include "model/llama_model.h"
+
+namespace kiln {
+
+struct ExecutorConfig {
+  SchedulerConfig scheduler;
+  KvCacheConfig kv_cache;
+  std::optional<uint64_t> seed;  // where unseeded requests draw their seeds from (default: random)
+  Status validate() const;
+};
+
+struct ExecutorStats {
+  int64_t iterations = 0;
+  int64_t active_requests = 0;      // admitted and not finished
+  int64_t queued_requests = 0;      // waiting, including paused ones
+  int64_t paused_requests = 0;      // waiting after a preemption
+  int64_t max_active_requests = 0;  // max_batch_size
+  // The last iteration:
+  int64_t scheduled_requests = 0;
+  int64_t context_requests = 0;
+  int64_t generation_requests = 0;
+  int64_t context_tokens = 0;
+  // Since start:
+  int64_t completed = 0, failed = 0, cancelled = 0, preemptions = 0;
+  int64_t prompt_tokens = 0, generated_tokens = 0;
+  KvCacheStats kv;
+};
+
+class Executor {
+ public:
+  static Result<std::unique_ptr<Executor>> create(LlamaModel& model, Backend& backend, ExecutorConfig config);
+  ~Executor();  // aborts what is still running
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // Validates and queues; errors say which field is wrong. kUnavailable when overloaded or shutting down.
+  Result<RequestId> enqueue(Request request);
+  // Responses of `id` ready now, waiting up to `timeout` (forever when unset) for the first one.
+  // A request with an on_response callback gets nothing here.
+  std::vector<Response> await_responses(RequestId id, std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+  // Waits for the final response; streamed chunks are merged into it (whole outputs, not deltas).
+  Result<Response> await_final(RequestId id);
+  // Stops a request: its blocks return at once, and a final response says kCancelled.
+  void cancel(RequestId id);
+  // Stops accepting work; drain: lets everything queued finish; otherwise cancels it. Then joins the loop.
+  void shutdown(bool drain = true);
+  ExecutorStats stats() const;
+  // The KV cache plan: blocks, tokens, bytes and where the numbers came from.
+  const std::string& kv_plan() const { return kv_plan_; }
+  const ExecutorConfig& config() const { return config_; }
+
+ private:
+  Executor(LlamaModel& model, Backend& backend, ExecutorConfig config);
+  Status validate_request(const Request& r) const;
+  void loop();
+  bool step();  // one iteration; false when there was nothing to do
+  void respond(RequestState& r, Response resp);
+  void finish(RequestState* r, FinishReason forced = FinishReason::kNotFinished);
+  void fail(RequestState* r, const Status& error);
+  void retire(RequestState* r, Response final, int64_t ExecutorStats::*counter);
+  void handle_cancels(const std::set<RequestId>& ids);
+
+  LlamaModel& model_;
+  Backend& backend_;
+  ExecutorConfig config_;
+  std::string kv_plan_;
+  std::unique_ptr<KvStorage> kv_storage_;
+  std::unique_ptr<KvCacheManager> kv_;
+  std::unique_ptr<Scheduler> scheduler_;
+  int32_t drop_window_ = 0;  // every layer windowed: blocks behind the widest window are freed
+
+  // Engine-thread state.
+  std::map<RequestId, std::unique_ptr<RequestState>> requests_;
+  std::vector<RequestState*> running_;
+  std::deque<RequestState*> waiting_;
+  std::vector<float> logits_, scratch_;
+
+  // Shared with callers, under mu_.
+  mutable std::mutex mu_;
+  std::condition_variable wake_;       // the engine loop
+  std::condition_variable responded_;  // callers in await_responses
+  std::vector<std::unique_ptr<RequestState>> incoming_;
+  std::set<RequestId> cancels_;
+  struct Mailbox {
+    std::deque<Response> responses;
+  };
+  std::map<RequestId, Mailbox> mailboxes_;
+  int64_t queued_ = 0;  // incoming + waiting, for the queue limit
+  RequestId next_id_ = 1;
+  uint64_t seed_base_ = 0;
+  bool accepting_ = true, stopping_ = false, drain_ = true;
+  ExecutorStats stats_;
+  std::thread thread_;
+};
+
+// Blocks of KV needed to hold `tokens` tokens.
+inline int64_t kv_blocks_for(int64_t tokens, int32_t block_size) { return (tokens + block_size - 1) / block_size; }
+
+}  // namespace kiln

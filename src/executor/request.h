@@ -1,0 +1,96 @@
+// What a client asks of the executor (Request) and what it gets back (Response): the decoding
+// contract of the `tensorrt_llm` model (docs/PROTOCOL.md), as plain structs.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace kiln {
+
+using RequestId = uint64_t;
+
+// Per-request sampling and logits processing. Defaults mean "off" (greedy, no penalties).
+struct SamplingConfig {
+  int beam_width = 1;                  // > 1: beam search (deterministic; top-k/top-p unused)
+  float temperature = 1.0f;            // 0 = greedy
+  int32_t top_k = 0;                   // runtime_top_k; 0 = off (1 = greedy)
+  float top_p = 0.0f;                  // runtime_top_p; 0 = off, 1 = the whole distribution
+                                       // (top_k 0 and top_p 0: greedy, as TensorRT-LLM)
+  float top_p_min = 1e-6f;             // runtime_top_p_min: the decay floor
+  float top_p_decay = 1.0f;            // runtime_top_p_decay: top_p *= decay after every step
+  std::optional<int32_t> top_p_reset_id;  // runtime_top_p_reset_ids: top_p returns to its start after this token
+  float repetition_penalty = 1.0f;     // multiplicative over prompt + output tokens (as transformers)
+  float presence_penalty = 0.0f;       // additive over output tokens (as OpenAI)
+  float frequency_penalty = 0.0f;      // additive per occurrence in the output (as OpenAI)
+  int32_t min_length = 0;              // end ids are banned until this many tokens were generated
+  std::optional<uint64_t> random_seed; // unset: drawn from the executor's seed source
+  float length_penalty = 1.0f;         // beam search: score = sum log p / generated_len ** length_penalty
+  int early_stopping = 1;              // beam search: 1 = stop when width hypotheses are done, 0 = heuristic, -1 = never
+  float beam_search_diversity_rate = 0.0f;  // beam search: penalty per rank within a parent beam (TensorRT-LLM)
+
+  // As TensorRT-LLM: top_k 0 with top_p 0 means greedy; sampling over the whole vocabulary is top_p 1.
+  bool is_greedy() const {
+    return beam_width == 1 && (temperature == 0.0f || top_k == 1 || (top_k == 0 && top_p == 0.0f));
+  }
+  Status validate(int64_t vocab_size, int max_beam_width) const;
+};
+
+struct OutputConfig {
+  bool return_log_probs = false;         // cum_log_probs and output_log_probs
+  bool return_context_logits = false;    // raw logits at every prompt position
+  bool return_generation_logits = false; // raw logits of every generation step
+  bool exclude_input_from_output = true; // output_ids hold generated tokens only
+};
+
+enum class FinishReason { kNotFinished, kEndId, kStopWords, kLength, kCancelled };
+const char* finish_reason_name(FinishReason r);
+
+struct Response;
+using ResponseCallback = std::function<void(const Response&)>;
+
+struct Request {
+  std::vector<int32_t> input_ids;           // the prompt
+  int32_t max_new_tokens = 16;              // request_output_len
+  bool streaming = false;                   // a response per step, then a final one
+  SamplingConfig sampling;
+  OutputConfig output;
+  std::optional<std::vector<int32_t>> end_ids;  // unset: the model's EOS ids; empty: never stop on a token
+  std::optional<int32_t> pad_id;
+  std::vector<std::vector<int32_t>> stop_words;  // token sequences that end generation (kept in the output)
+  std::vector<std::vector<int32_t>> bad_words;   // token sequences never generated
+  std::vector<float> embedding_bias;             // [vocab] added to the logits, or empty
+  // Called on the engine thread for every response of this request (keep it short: hand the response
+  // to another thread). When unset, responses queue for await_responses().
+  ResponseCallback on_response;
+};
+
+// One chunk of a request's result. Streaming: a chunk per step with the new tokens of each beam, then a
+// final chunk; otherwise one final chunk with everything.
+struct Response {
+  RequestId id = 0;
+  Status error;                                   // set: the request failed; nothing else is meaningful
+  bool is_final = false;
+  // [beams][tokens]: new tokens since the last chunk when streaming (beam_width 1), else all output tokens.
+  // Beam search streams every live beam whole (`is_delta` false), since beams reorder as they grow.
+  std::vector<std::vector<int32_t>> output_ids;
+  bool is_delta = false;
+  std::vector<std::vector<float>> output_log_probs;  // like output_ids
+  std::vector<float> cum_log_probs;                  // [beams]
+  std::vector<FinishReason> finish_reasons;          // [beams]
+  std::vector<int32_t> sequence_lengths;             // [beams] output tokens (plus the prompt unless excluded)
+  std::vector<float> context_logits;                 // [prompt_len, vocab], in the final chunk
+  std::vector<float> generation_logits;              // [beams, steps, vocab]: this chunk's steps
+  int32_t prompt_len = 0;
+};
+
+// Builds a request's stop/bad words from the [2, -1] offsets layout of the tensorrt_llm model:
+// row 0 the concatenated ids, row 1 the cumulative end offsets, padded with -1.
+Result<std::vector<std::vector<int32_t>>> words_from_offsets(const std::vector<int32_t>& ids,
+                                                             const std::vector<int32_t>& offsets);
+
+}  // namespace kiln
