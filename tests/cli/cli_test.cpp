@@ -36,7 +36,7 @@ class CliTest : public ::testing::Test {
                  " --dtype float32");
     ASSERT_EQ(c.code, 0) << c.output;
     CliRun b = kiln("build --checkpoint_dir " + dir_->sub("ckpt") + " --output_dir " + dir_->sub("engine") +
-                 " --max_batch_size 2 --max_input_len 128 --max_output_len 32 --gemm_plugin float32");
+                 " --max_batch_size 4 --max_beam_width 2 --max_input_len 128 --max_output_len 32 --gemm_plugin float32");
     ASSERT_EQ(b.code, 0) << b.output;
     ASSERT_NE(b.output.find("KV cache per token"), std::string::npos) << "build prints its plan:\n" << b.output;
   }
@@ -65,6 +65,52 @@ TEST_F(CliTest, RunPrintsJsonWithLogProbsMatchingTransformers) {
   EXPECT_EQ(outs[1]["finish_reason"], "length");
 }
 
+// Several prompts run concurrently through the executor; sampling flags mirror the tensor names and a
+// seed makes a run reproducible.
+TEST_F(CliTest, RunSamplesWithSeedsAndBeams) {
+  const std::string e = "run --engine_dir " + dir_->sub("engine") + " --input_ids 1,2,3 --input_ids 7,8,9,10 --input_ids 4" +
+                        " --max_output_len 12 --json --ignore_eos";
+  auto lines = [](const std::string& out) {
+    std::vector<nlohmann::json> v;
+    std::istringstream in(out);
+    for (std::string line; std::getline(in, line);) v.push_back(nlohmann::json::parse(line));
+    return v;
+  };
+  const std::string sampling = " --temperature 0.8 --top_k 40 --top_p 0.9 --repetition_penalty 1.2"
+                               " --presence_penalty 0.1 --frequency_penalty 0.1";
+  CliRun a = kiln(e + sampling + " --random_seed 7");
+  ASSERT_EQ(a.code, 0) << a.output;
+  CliRun b = kiln(e + sampling + " --random_seed 7 --enable_kv_cache_reuse --batch_scheduler_policy max_utilization");
+  ASSERT_EQ(b.code, 0) << b.output;
+  CliRun c = kiln(e + sampling + " --random_seed 8");
+  ASSERT_EQ(c.code, 0) << c.output;
+  auto ja = lines(a.output), jb = lines(b.output), jc = lines(c.output);
+  ASSERT_EQ(ja.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(ja[i]["output_ids"], jb[i]["output_ids"]) << "prompt " << i;
+    EXPECT_EQ(ja[i]["output_ids"].size(), 12u);
+  }
+  EXPECT_NE(ja[0]["output_ids"], jc[0]["output_ids"]);
+
+  CliRun beams = kiln(e + " --beam_width 2 --length_penalty 1.0");
+  ASSERT_EQ(beams.code, 0) << beams.output;
+  auto jbeams = lines(beams.output);
+  ASSERT_EQ(jbeams.size(), 3u);
+  EXPECT_EQ(jbeams[0]["beams"].size(), 2u);
+  CliRun wide = kiln(e + " --beam_width 3");
+  EXPECT_EQ(wide.code, 2) << wide.output;
+  EXPECT_NE(wide.output.find("beam_width=3"), std::string::npos) << wide.output;
+  CliRun policy = kiln(e + " --batch_scheduler_policy fastest");
+  EXPECT_EQ(policy.code, 2);
+  EXPECT_NE(policy.output.find("guaranteed_no_evict"), std::string::npos) << policy.output;
+}
+
+TEST_F(CliTest, RunStreamsTokens) {
+  CliRun r = kiln("run --engine_dir " + dir_->sub("engine") + " --input_ids 1,2,3 --max_output_len 5 --streaming --ignore_eos");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("(5 tokens, length)"), std::string::npos) << r.output;
+}
+
 TEST_F(CliTest, RunWithInputIdsPrintsText) {
   CliRun r = kiln("run --engine_dir " + dir_->sub("engine") + " --input_ids 1,2,3 --max_output_len 4");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -79,7 +125,7 @@ TEST_F(CliTest, RunRefusesBadInput) {
   EXPECT_NE(r.output.find("'x' is not a token id"), std::string::npos) << r.output;
   r = kiln(e + " --input_ids 1,2,99999 --max_output_len 4");
   EXPECT_NE(r.code, 0);
-  EXPECT_NE(r.output.find("token id 99999 is outside the vocabulary [0, 512)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("input_ids[2]=99999 is outside the vocabulary [0, 512)"), std::string::npos) << r.output;
   r = kiln(e + " --input_ids 1,2 --max_output_len 200");
   EXPECT_NE(r.output.find("exceeds max_seq_len=160"), std::string::npos) << r.output;
   std::ofstream(dir_->sub("bad.jsonl")) << "[1, 2]\n{\"ids\": [1]}\n";
