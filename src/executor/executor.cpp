@@ -112,6 +112,10 @@ Executor::~Executor() { shutdown(false); }
 Status Executor::validate_request(const Request& r) const {
   const ModelConfig& m = model_.config();
   const BuildConfig& b = model_.build();
+  if (r.lora_task_id) return unimplemented("lora_task_id: LoRA adapters are not supported yet");
+  if (!r.draft_input_ids.empty()) return unimplemented("draft_input_ids: speculative decoding is not supported yet");
+  if (!r.prompt_embedding_table.empty())
+    return unimplemented("prompt_embedding_table: prompt tuning is not supported yet");
   const int64_t n = static_cast<int64_t>(r.input_ids.size());
   if (n == 0) return invalid_argument("input_ids is empty");
   if (n > b.max_input_len)

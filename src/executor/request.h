@@ -64,6 +64,11 @@ struct Request {
   std::vector<std::vector<int32_t>> stop_words;  // token sequences that end generation (kept in the output)
   std::vector<std::vector<int32_t>> bad_words;   // token sequences never generated
   std::vector<float> embedding_bias;             // [vocab] added to the logits, or empty
+  // Inputs of the tensorrt_llm contract that this executor does not implement yet: a request that sets
+  // one is refused, naming it, never run as if it were not there.
+  std::optional<uint64_t> lora_task_id;
+  std::vector<int32_t> draft_input_ids;       // speculative decoding
+  std::vector<float> prompt_embedding_table;  // prompt tuning
   // Called on the engine thread for every response of this request (keep it short: hand the response
   // to another thread). When unset, responses queue for await_responses().
   ResponseCallback on_response;

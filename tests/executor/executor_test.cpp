@@ -435,6 +435,15 @@ TEST(Executor, RefusesBadRequestsByName) {
   r = ok;
   r.embedding_bias = {1.0f, 2.0f};
   refused(r, "embedding_bias");
+  r = ok;
+  r.lora_task_id = 3;
+  refused(r, "lora_task_id");
+  r = ok;
+  r.draft_input_ids = {1, 2};
+  refused(r, "draft_input_ids");
+  r = ok;
+  r.prompt_embedding_table = {0.5f};
+  refused(r, "prompt_embedding_table");
   ex->shutdown();
   refused(ok, "shutting down");
 }
