@@ -19,13 +19,13 @@ bool ends_with(std::span<const int32_t> seq, const std::vector<int32_t>& word) {
   return word.size() <= seq.size() && std::equal(word.rbegin(), word.rend(), seq.rbegin());
 }
 
-// In place: row = log_softmax(row), stably (float exp, double sum).
+// In place: row = log_softmax(row), stably (float exp terms, double sum and subtraction).
 void log_softmax(float* row, int64_t n) {
   const float mx = *std::max_element(row, row + n);
   double sum = 0;
   for (int64_t i = 0; i < n; ++i) sum += std::exp(row[i] - mx);
-  const float lse = mx + static_cast<float>(std::log(sum));
-  for (int64_t i = 0; i < n; ++i) row[i] -= lse;
+  const double lse = mx + std::log(sum);
+  for (int64_t i = 0; i < n; ++i) row[i] = static_cast<float>(row[i] - lse);
 }
 
 }  // namespace
