@@ -6,11 +6,12 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 (cd build && ctest --output-on-failure -j"$(nproc)")
 
-# Untrusted-input parsers under sanitizers (separate build dir, only the test binary).
+# Untrusted-input parsers and the executor (threads, block bookkeeping) under sanitizers (separate build dir,
+# only the test binary).
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_ASAN=ON -DKILN_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j"$(nproc)" --target kiln_tests
 ASAN_OPTIONS=detect_leaks=1 build-asan/kiln_tests \
-  --gtest_filter='Safetensors*:HfCheckpoint*:MappedFile*:EngineFile*:Convert*:ModelConfig*:Rope*'
+  --gtest_filter='Safetensors*:HfCheckpoint*:MappedFile*:EngineFile*:Convert*:ModelConfig*:Rope*:KvCacheManager*:Executor.*:Executor/*:ExecutorBeamSearch.Paused*:LogitsProcessor*:Sampler*:BeamSearch.*'
 
 # The chat-template goldens must be what Python jinja2 renders today (the C++ test compares against them).
 .venv/bin/pip install -q jinja2

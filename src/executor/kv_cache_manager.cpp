@@ -147,26 +147,39 @@ bool KvCacheManager::make_writable(SequenceBlocks& seq, int64_t from, int64_t to
 
 void KvCacheManager::commit(SequenceBlocks& seq, std::span<const int32_t> tokens, int64_t computed) {
   if (!seq.reuse) return;
+  // An entry is live while a lookup can reach it: its parent is the block cached under its parent key, with
+  // the contents it had then. Others (parent evicted, recycled or uncached) can never be handed out again.
+  auto reachable = [&](const CacheEntry& e) {
+    if (e.parent_block < 0) return true;
+    auto p = cache_.find(e.parent_key);
+    return p != cache_.end() && p->second.block == e.parent_block &&
+           generation_[e.parent_block] == e.parent_generation;
+  };
   const int64_t full = std::min<int64_t>(computed, static_cast<int64_t>(tokens.size())) / block_size_;
   for (int64_t i = seq.registered; i < full; ++i) {
-    if (i > 0 && i - 1 < seq.first_live) return;  // the parent was dropped: its identity is gone
+    // The block, or its parent, was dropped: a dropped block may already hold another sequence's KV.
+    if (seq.first_live > 0 && i <= seq.first_live) return;
     const int32_t b = seq.blocks[i];
     auto block_tokens = tokens.subspan(i * block_size_, block_size_);
     const BlockKey prev = seq.last_key, k = chain(prev, block_tokens);
-    const int32_t parent = i == 0 ? -1 : seq.blocks[i - 1];
+    if (!key_[b]) {  // not from the cache
+      // Chain under the block a lookup finds one level up: ours, or an equal one cached before ours.
+      int32_t parent = -1;
+      if (i > 0) {
+        auto p = cache_.find(prev);
+        if (p == cache_.end()) return;  // nothing reaches this block; it stays private
+        parent = p->second.block;
+      }
+      auto it = cache_.find(k);
+      if (it == cache_.end() || !reachable(it->second)) {
+        if (it != cache_.end()) uncache(it->second.block);
+        key_[b] = k;
+        cache_[k] = CacheEntry{b, prev, parent, parent >= 0 ? generation_[parent] : 0,
+                               std::vector<int32_t>(block_tokens.begin(), block_tokens.end())};
+      }  // else an equal block is cached already; ours stays private
+    }
     seq.registered = static_cast<int32_t>(i + 1);
     seq.last_key = k;
-    if (key_[b]) continue;  // came from the cache
-    auto it = cache_.find(k);
-    if (it != cache_.end()) {
-      const CacheEntry& e = it->second;
-      const bool stale = e.parent_block >= 0 && generation_[e.parent_block] != e.parent_generation;
-      if (!stale) continue;  // an equal block is cached already; ours stays private
-      uncache(e.block);
-    }
-    key_[b] = k;
-    cache_[k] = CacheEntry{b, prev, parent, parent >= 0 ? generation_[parent] : 0,
-                           std::vector<int32_t>(block_tokens.begin(), block_tokens.end())};
   }
 }
 
@@ -181,7 +194,7 @@ void KvCacheManager::drop_outside_window(SequenceBlocks& seq, int64_t length, in
   // Block i is never read again once no future query (positions >= length) can see its last key:
   // (i + 1) * block_size - 1 < length - window + 1 (a query at p sees keys p - window < j <= p).
   while (seq.first_live < static_cast<int32_t>(seq.blocks.size()) &&
-         static_cast<int64_t>(seq.first_live + 1) * block_size_ + window <= length) {
+         static_cast<int64_t>(seq.first_live + 1) * block_size_ - 1 < length - window + 1) {
     unref(seq.blocks[seq.first_live]);
     ++seq.first_live;
   }
