@@ -17,23 +17,6 @@ namespace kiln::cli {
 
 namespace {
 
-Result<std::vector<int32_t>> parse_id_list(const std::string& text) {
-  std::vector<int32_t> ids;
-  size_t pos = 0;
-  while (pos <= text.size()) {
-    size_t comma = text.find(',', pos);
-    if (comma == std::string::npos) comma = text.size();
-    std::string item = text.substr(pos, comma - pos);
-    int32_t v = 0;
-    auto [p, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
-    if (item.empty() || ec != std::errc() || p != item.data() + item.size())
-      return invalid_argument("--input_ids: '" + item + "' is not a token id (expected e.g. 1,2,3)");
-    ids.push_back(v);
-    pos = comma + 1;
-  }
-  return ids;
-}
-
 Result<std::vector<std::vector<int32_t>>> read_prompts(const std::string& path) {
   std::ifstream in(path);
   if (!in) return not_found("--input_file " + path + ": cannot open");
@@ -93,7 +76,7 @@ int cmd_run(const std::vector<std::string>& argv) {
     KILN_ASSIGN_OR_RETURN(ExecutorConfig config, executor_config_from(a));
     std::vector<std::vector<int32_t>> prompts;
     for (const std::string& ids : a.get_all("input_ids")) {
-      KILN_ASSIGN_OR_RETURN(auto p, parse_id_list(ids));
+      KILN_ASSIGN_OR_RETURN(auto p, parse_token_ids("input_ids", ids));
       prompts.push_back(std::move(p));
     }
     if (auto f = a.get("input_file")) {

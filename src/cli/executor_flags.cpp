@@ -4,9 +4,7 @@
 
 namespace kiln::cli {
 
-namespace {
-
-Result<std::vector<int32_t>> id_list(const std::string& flag, const std::string& text) {
+Result<std::vector<int32_t>> parse_token_ids(const std::string& flag, const std::string& text) {
   std::vector<int32_t> ids;
   size_t pos = 0;
   while (pos <= text.size()) {
@@ -22,6 +20,8 @@ Result<std::vector<int32_t>> id_list(const std::string& flag, const std::string&
   }
   return ids;
 }
+
+namespace {
 
 Result<float> get_f(const Args& a, const std::string& name, float fallback) {
   KILN_ASSIGN_OR_RETURN(double v, a.get_float(name, fallback));
@@ -140,11 +140,11 @@ Result<Request> request_template_from(const Args& a) {
     r.pad_id = static_cast<int32_t>(id);
   }
   for (const std::string& w : a.get_all("stop_words")) {
-    KILN_ASSIGN_OR_RETURN(auto ids, id_list("stop_words", w));
+    KILN_ASSIGN_OR_RETURN(auto ids, parse_token_ids("stop_words", w));
     r.stop_words.push_back(std::move(ids));
   }
   for (const std::string& w : a.get_all("bad_words")) {
-    KILN_ASSIGN_OR_RETURN(auto ids, id_list("bad_words", w));
+    KILN_ASSIGN_OR_RETURN(auto ids, parse_token_ids("bad_words", w));
     r.bad_words.push_back(std::move(ids));
   }
   r.streaming = a.has("streaming");

@@ -9,6 +9,9 @@
 
 namespace kiln::cli {
 
+// "1,2,3" -> {1, 2, 3}; errors name the flag and the bad item.
+Result<std::vector<int32_t>> parse_token_ids(const std::string& flag, const std::string& text);
+
 std::vector<FlagSpec> executor_flag_specs();
 Result<ExecutorConfig> executor_config_from(const Args& a);
 
