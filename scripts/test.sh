@@ -13,6 +13,14 @@ cmake --build build-asan -j"$(nproc)" --target kiln_tests
 ASAN_OPTIONS=detect_leaks=1 build-asan/kiln_tests \
   --gtest_filter='Safetensors*:HfCheckpoint*:MappedFile*:EngineFile*:Convert*:ModelConfig*:Rope*:KvCacheManager*:Executor.*:Executor/*:ExecutorBeamSearch.Paused*:LogitsProcessor*:Sampler*:BeamSearch.*'
 
+# The server against the real Triton client library (tritonclient from pip), when this kiln has the server.
+if build/kiln serve --help >/dev/null 2>&1; then
+  .venv/bin/pip install -q "tritonclient[all]" transformers numpy
+  .venv/bin/python tests/server/python/test_seed_client.py build/kiln
+else
+  echo "server: not built (no gRPC/protobuf), its client tests skipped"
+fi
+
 # The chat-template goldens must be what Python jinja2 renders today (the C++ test compares against them).
 .venv/bin/pip install -q jinja2
 ref=tests/data/chat_templates

@@ -11,5 +11,7 @@ int cmd_build(const std::vector<std::string>& args);
 int cmd_run(const std::vector<std::string>& args);
 int cmd_tokenize(const std::vector<std::string>& args);
 int cmd_chat_template(const std::vector<std::string>& args);
+int cmd_serve(const std::vector<std::string>& args);
+int cmd_repo(const std::vector<std::string>& args);  // kiln repo init
 
 }  // namespace kiln::cli

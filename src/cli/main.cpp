@@ -13,7 +13,9 @@ const char* kUsage =
     "commands:\n"
     "  convert   Hugging Face model folder -> Kiln checkpoint dir\n"
     "  build     checkpoint dir -> engine dir (limits validated, memory planned, weights packed)\n"
-    "  run       generate greedily from token ids or text with an engine\n"
+    "  run       generate from token ids or text with an engine (in-flight batching, sampling, beams)\n"
+    "  serve     serve a model repository over Triton's HTTP and gRPC protocols (ports 8000/8001/8002)\n"
+    "  repo init write a model repository (tensorrt_llm + text models) for an engine and its tokenizer\n"
     "  tokenize  text -> token ids (or --decode ids -> text) with a tokenizer.json\n"
     "  chat-template  render a model's chat template for a conversation\n"
     "  version   print the version\n";
@@ -29,6 +31,8 @@ int main(int argc, char** argv) {
   if (cmd == "convert") return kiln::cli::cmd_convert(args);
   if (cmd == "build") return kiln::cli::cmd_build(args);
   if (cmd == "run") return kiln::cli::cmd_run(args);
+  if (cmd == "serve") return kiln::cli::cmd_serve(args);
+  if (cmd == "repo") return kiln::cli::cmd_repo(args);
   if (cmd == "tokenize") return kiln::cli::cmd_tokenize(args);
   if (cmd == "chat-template") return kiln::cli::cmd_chat_template(args);
   if (cmd == "version" || cmd == "--version") {

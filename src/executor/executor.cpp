@@ -17,8 +17,9 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Appends a chunk to what was collected so far: deltas extend each beam; a whole chunk replaces it.
-void merge(Response& into, Response& more) {
+}  // namespace
+
+void merge_response(Response& into, Response& more) {
   std::vector<float> context = std::move(into.context_logits);
   std::vector<float> generation = std::move(into.generation_logits);
   if (more.is_delta && !into.output_ids.empty()) {
@@ -35,8 +36,6 @@ void merge(Response& into, Response& more) {
   into = std::move(more);
   into.is_delta = false;
 }
-
-}  // namespace
 
 Status ExecutorConfig::validate() const {
   KILN_RETURN_IF_ERROR(scheduler.validate());
@@ -211,7 +210,7 @@ Result<Response> Executor::await_final(RequestId id) {
   for (;;) {
     for (Response& r : await_responses(id)) {
       if (!r.error.ok()) return r.error;
-      merge(all, r);
+      merge_response(all, r);
     }
     if (all.is_final) return all;
   }
@@ -276,6 +275,10 @@ void Executor::retire(RequestState* r, Response final, int64_t ExecutorStats::*c
 
 void Executor::finish(RequestState* r, FinishReason forced) {
   Response resp = final_response(*r, model_.config().vocab_size, forced);
+  const auto now = std::chrono::steady_clock::now();
+  auto ns = [](auto d) { return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()); };
+  resp.total_ns = ns(now - r->arrival);
+  resp.queue_ns = r->scheduled ? ns(*r->scheduled - r->arrival) : resp.total_ns;
   retire(r, std::move(resp), forced == FinishReason::kCancelled ? &ExecutorStats::cancelled : &ExecutorStats::completed);
 }
 
@@ -331,6 +334,9 @@ bool Executor::step() {
     return false;
   }
   if (!plan.block_copies.empty()) backend_.copy_kv_blocks(*kv_storage_, plan.block_copies);
+  const auto started = std::chrono::steady_clock::now();
+  for (const ScheduledChunk& c : plan.chunks)
+    if (!c.request->scheduled) c.request->scheduled = started;
 
   // Flatten the chunks into one forward. Logit rows: each sequence that reaches its last token, plus
   // prompt positions whose context logits were asked for.

@@ -91,7 +91,12 @@ struct Response {
   std::vector<float> context_logits;                 // [prompt_len, vocab], in the final chunk
   std::vector<float> generation_logits;              // [beams, steps, vocab]: this chunk's steps
   int32_t prompt_len = 0;
+  // Final chunk: nanoseconds from enqueue to the first iteration that ran the request, and to the end.
+  uint64_t queue_ns = 0, total_ns = 0;
 };
+
+// Appends a chunk to what was collected so far: streamed deltas extend each beam; a whole chunk replaces it.
+void merge_response(Response& into, Response& more);
 
 // Builds a request's stop/bad words from the [2, -1] offsets layout of the tensorrt_llm model:
 // row 0 the concatenated ids, row 1 the cumulative end offsets, padded with -1.

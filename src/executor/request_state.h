@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "executor/beam_search.h"
@@ -58,6 +59,7 @@ struct RequestState {
   bool cancel_requested = false;
   bool finished = false;
   std::chrono::steady_clock::time_point arrival;
+  std::optional<std::chrono::steady_clock::time_point> scheduled;  // first iteration that ran it
 
   int32_t generated() const { return static_cast<int32_t>(seqs[0].tokens.size()) - prompt_len; }
   bool is_beam_search() const { return req.sampling.beam_width > 1; }

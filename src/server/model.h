@@ -1,0 +1,103 @@
+// A loaded model of the repository. The kinds: `tensorrt_llm` (token ids in, token ids out, one executor
+// per model); text models come next. Counters for statistics and metrics live here, per model.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <optional>
+#include <set>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.h"
+#include "executor/executor.h"
+#include "model/engine.h"
+#include "model_config.pb.h"
+#include "server/server_core.h"
+#include "server/trtllm_tensors.h"
+
+namespace kiln::server {
+
+// Cumulative histogram with fixed bucket bounds (Prometheus style).
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1) {}
+  void observe(double v);
+  // `name{labels,le="..."} n` lines plus _sum and _count.
+  std::string text(const std::string& name, const std::string& labels) const;
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<double> bounds_;
+  std::vector<uint64_t> counts_;
+  double sum_ = 0;
+  uint64_t count_ = 0;
+};
+
+class Model : public std::enable_shared_from_this<Model> {
+ public:
+  virtual ~Model() = default;
+  const std::string& name() const { return name_; }
+  const std::string& version() const { return version_; }
+  std::shared_ptr<const inference::ModelConfig> config() const { return config_; }
+  virtual ModelMetadata metadata() const = 0;
+  virtual Result<CancelFn> infer(InferCall call, ReplyFn on_reply) = 0;
+  virtual std::string metrics_text() const = 0;
+  ModelStats stats() const;
+  // Stops taking calls; lets running ones finish for up to `timeout`, then cancels them.
+  virtual void shutdown(std::chrono::seconds timeout) = 0;
+
+ protected:
+  Model(std::string name, std::shared_ptr<inference::ModelConfig> config)
+      : name_(std::move(name)), config_(std::move(config)) {}
+  // Statistics, updated by the subclasses.
+  void record(bool ok, uint64_t duration_ns, uint64_t queue_ns, uint64_t compute_ns);
+  std::string counters_text() const;  // the Triton core counters with this model's labels
+  std::string labels() const { return "model=\"" + name_ + "\",version=\"" + version_ + "\""; }
+
+  std::string name_, version_ = "1";
+  std::shared_ptr<inference::ModelConfig> config_;
+  std::atomic<uint64_t> success_{0}, failure_{0}, success_ns_{0}, fail_ns_{0}, queue_ns_{0}, compute_ns_{0},
+      inferences_{0}, executions_{0}, last_ms_{0}, pending_{0};
+};
+
+// The `tensorrt_llm` model: its engine (gpt_model_path), an executor configured from its parameters.
+class TrtllmModel : public Model {
+ public:
+  static Result<std::shared_ptr<TrtllmModel>> load(const std::string& model_dir, const std::string& name,
+                                                   std::shared_ptr<inference::ModelConfig> config);
+  ~TrtllmModel() override;
+  ModelMetadata metadata() const override;
+  Result<CancelFn> infer(InferCall call, ReplyFn on_reply) override;
+  std::string metrics_text() const override;
+  void shutdown(std::chrono::seconds timeout) override;
+  const TrtllmLimits& limits() const { return limits_; }
+
+ private:
+  TrtllmModel(std::string name, std::shared_ptr<inference::ModelConfig> config)
+      : Model(std::move(name), std::move(config)) {}
+
+  Engine engine_;
+  CpuBackend backend_;
+  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<Executor> executor_;
+  TrtllmLimits limits_;
+  bool decoupled_ = false;
+  std::set<std::string> noted_;  // kinds of notes already logged (under calls_mu_)
+  Histogram input_tokens_{{16, 64, 256, 1024, 4096, 16384}}, output_tokens_{{16, 64, 256, 1024, 4096, 16384}};
+  Histogram ttft_ms_{{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000}};
+  Histogram itl_ms_{{0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000}};
+  // Request id -> executor ids of the calls in flight, for the `stop` input.
+  std::mutex calls_mu_;
+  std::multimap<std::string, RequestId> by_client_id_;
+};
+
+// The engine directory of a tensorrt_llm model: gpt_model_path when it exists; otherwise (the seed's
+// "/tensorrtllm_backend/triton_model_repo/tensorrt_llm/1", or a template left unfilled) the same path
+// relative to the model's folder, else the folder's version directory "1".
+std::string resolve_engine_dir(const std::string& model_dir, const std::string& name,
+                               const std::optional<std::string>& gpt_model_path);
+
+}  // namespace kiln::server
