@@ -96,7 +96,8 @@ int cmd_serve(const std::vector<std::string>& argv) {
     std::printf("kiln serve: %s: no new requests; letting in-flight ones finish (up to %llds)\n",
                 sig == SIGTERM ? "SIGTERM" : "SIGINT", static_cast<long long>(o.shutdown_timeout.count()));
     std::fflush(stdout);
-    core->shutdown(o.shutdown_timeout);  // refuses new calls, drains the models
+    if (http_fe) http_fe->stop_accepting();  // no new connections while the models drain
+    core->shutdown(o.shutdown_timeout);       // refuses new calls, lets in-flight ones finish, then cancels
     if (grpc_fe) grpc_fe->shutdown();
     if (http_fe) http_fe->shutdown();
     if (metrics_fe) metrics_fe->shutdown();

@@ -284,9 +284,10 @@ std::vector<InferTensor> trtllm_outputs(const std::vector<Response>& responses, 
   if (want("output_ids")) out.push_back(InferTensor::make("output_ids", TensorType::kInt32, shape({nb, nl}), ids));
   if (want("sequence_length"))
     out.push_back(InferTensor::make("sequence_length", TensorType::kInt32, shape({nb}), seq_len));
-  if (log_probs && want("cum_log_probs"))
+  // Log-prob outputs come when asked for (return_log_probs), or named by the client (zeros then, as Triton).
+  if ((log_probs || wanted.count("cum_log_probs")) && want("cum_log_probs"))
     out.push_back(InferTensor::make("cum_log_probs", TensorType::kFp32, shape({nb}), cum));
-  if (log_probs && want("output_log_probs"))
+  if ((log_probs || wanted.count("output_log_probs")) && want("output_log_probs"))
     out.push_back(InferTensor::make("output_log_probs", TensorType::kFp32, shape({nb, nl}), lps));
   const int64_t V = limits.vocab_size;
   if (context && want("context_logits")) {
