@@ -85,9 +85,9 @@ ServerCore::~ServerCore() { shutdown(std::chrono::seconds(0)); }
 std::string ServerCore::version() const { return KILN_VERSION; }
 
 std::vector<std::string> ServerCore::extensions() const {
-  return {"classification", "model_repository", "model_repository(unload_dependents)", "schedule_policy",
-          "model_configuration", "system_shared_memory", "cuda_shared_memory", "binary_tensor_data",
-          "parameters", "statistics", "trace", "logging", "generate"};
+  // Only what kiln implements (shared memory, tracing and classification are refused, so not listed).
+  return {"model_repository", "model_repository(unload_dependents)", "schedule_policy", "model_configuration",
+          "binary_tensor_data", "parameters", "statistics", "logging", "generate"};
 }
 
 bool ServerCore::ready() const {
