@@ -452,18 +452,10 @@ const char* const kLogOutputs[] = {"cum_log_probs", "output_log_probs", "context
                                    "generation_logits"};
 
 // ===================================================================================================
-// preprocessing: text -> the tensorrt_llm model's token inputs.
+// A model that answers a call at once on the caller's thread (tokenizer work only): one reply, counted.
 
-class PreprocessingModel : public Model {
+class ImmediateModel : public Model {
  public:
-  PreprocessingModel(std::string name, std::shared_ptr<inference::ModelConfig> c,
-                     std::shared_ptr<const Tokenizer> tok, bool add_special)
-      : Model(std::move(name), std::move(c)), tok_(std::move(tok)), add_special_(add_special) {}
-
-  ModelMetadata metadata() const override {
-    return text_metadata(name_, version_, *config_, platform_of(*config_), kPreprocessingInputs,
-                         kPreprocessingOutputs);
-  }
   std::string metrics_text() const override { return counters_text(); }
   void shutdown(std::chrono::seconds) override {}
 
@@ -479,8 +471,26 @@ class PreprocessingModel : public Model {
     return CancelFn([] {});
   }
 
+ protected:
+  using Model::Model;
+  virtual Result<std::vector<InferTensor>> run(const InferCall& call) const = 0;
+};
+
+// ===================================================================================================
+// preprocessing: text -> the tensorrt_llm model's token inputs.
+
+class PreprocessingModel : public ImmediateModel {
+ public:
+  PreprocessingModel(std::string name, std::shared_ptr<inference::ModelConfig> c,
+                     std::shared_ptr<const Tokenizer> tok, bool add_special)
+      : ImmediateModel(std::move(name), std::move(c)), tok_(std::move(tok)), add_special_(add_special) {}
+
+  ModelMetadata metadata() const override {
+    return text_metadata(name_, version_, *config_, platform_of(*config_), kPreprocessingInputs,
+                         kPreprocessingOutputs);
+  }
  private:
-  Result<std::vector<InferTensor>> run(const InferCall& call) const {
+  Result<std::vector<InferTensor>> run(const InferCall& call) const override {
     const int64_t mbs = config_->max_batch_size();
     KILN_ASSIGN_OR_RETURN(RowInputs in, parse_inputs(call.inputs, kPreprocessingInputs, mbs, name_));
     const int64_t B = in.batch;
@@ -563,33 +573,18 @@ class PreprocessingModel : public Model {
 // ===================================================================================================
 // postprocessing: output ids -> text (each beam cut at its sequence length, special tokens skipped).
 
-class PostprocessingModel : public Model {
+class PostprocessingModel : public ImmediateModel {
  public:
   PostprocessingModel(std::string name, std::shared_ptr<inference::ModelConfig> c,
                       std::shared_ptr<const Tokenizer> tok, bool skip_special)
-      : Model(std::move(name), std::move(c)), tok_(std::move(tok)), skip_special_(skip_special) {}
+      : ImmediateModel(std::move(name), std::move(c)), tok_(std::move(tok)), skip_special_(skip_special) {}
 
   ModelMetadata metadata() const override {
     return text_metadata(name_, version_, *config_, platform_of(*config_), kPostprocessingInputs,
                          kPostprocessingOutputs);
   }
-  std::string metrics_text() const override { return counters_text(); }
-  void shutdown(std::chrono::seconds) override {}
-
-  Result<CancelFn> infer(InferCall call, ReplyFn on_reply) override {
-    const auto t0 = Clock::now();
-    auto out = run(call);
-    if (!out.ok()) {
-      record(false, ns_since(t0), 0, 0);
-      return out.status();
-    }
-    record(true, ns_since(t0), 0, ns_since(t0));
-    on_reply(InferReply{call.model, version_, call.id, {}, std::move(*out), true});
-    return CancelFn([] {});
-  }
-
  private:
-  Result<std::vector<InferTensor>> run(const InferCall& call) const {
+  Result<std::vector<InferTensor>> run(const InferCall& call) const override {
     const int64_t mbs = config_->max_batch_size();
     KILN_ASSIGN_OR_RETURN(RowInputs in, parse_inputs(call.inputs, kPostprocessingInputs, mbs, name_));
     const InferTensor& tokens = *in.in.at("TOKENS_BATCH").t;
