@@ -20,6 +20,7 @@ enum class StatusCode {
   kResourceExhausted, // out of memory / KV blocks / queue space
   kUnavailable,       // overloaded, shutting down
   kCancelled,
+  kDeadlineExceeded,  // a request's time limit passed before it could run
   kInternal,
 };
 
@@ -56,6 +57,7 @@ inline Status resource_exhausted(std::string m) { return {StatusCode::kResourceE
 inline Status internal_error(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 inline Status unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
 inline Status cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
+inline Status deadline_exceeded(std::string m) { return {StatusCode::kDeadlineExceeded, std::move(m)}; }
 
 template <typename T>
 class [[nodiscard]] Result {

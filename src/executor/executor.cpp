@@ -124,6 +124,10 @@ Status Executor::validate_request(const Request& r) const {
     if (r.input_ids[i] < 0 || r.input_ids[i] >= m.vocab_size)
       return invalid_argument("input_ids[" + std::to_string(i) + "]=" + std::to_string(r.input_ids[i]) +
                               " is outside the vocabulary [0, " + std::to_string(m.vocab_size) + ")");
+  if (!(r.priority >= 0.0f && r.priority <= 1.0f))
+    return invalid_argument("priority=" + std::to_string(r.priority) + " must be in [0, 1]");
+  if (r.queue_timeout && r.queue_timeout->count() <= 0)
+    return invalid_argument("timeout=" + std::to_string(r.queue_timeout->count()) + "us must be positive");
   if (r.max_new_tokens < 1)
     return invalid_argument("request_output_len=" + std::to_string(r.max_new_tokens) + " must be at least 1");
   if (n + r.max_new_tokens > b.max_seq_len)
@@ -297,6 +301,20 @@ void Executor::handle_cancels(const std::set<RequestId>& ids) {
   }
 }
 
+// Requests that waited past their queue timeout without ever being scheduled fail (a paused request was
+// scheduled before, so it keeps its place).
+void Executor::expire_waiting() {
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<RequestState*> expired;
+  for (RequestState* r : waiting_)
+    if (!r->scheduled && r->req.queue_timeout && now - r->arrival >= *r->req.queue_timeout) expired.push_back(r);
+  for (RequestState* r : expired)
+    fail(r, deadline_exceeded("the request waited " +
+                              std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(now - r->arrival).count()) +
+                              "us in the queue, past its timeout of " + std::to_string(r->req.queue_timeout->count()) +
+                              "us"));
+}
+
 void Executor::loop() {
   for (;;) {
     std::set<RequestId> cancels;
@@ -304,7 +322,7 @@ void Executor::loop() {
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait(lock, [&] { return !incoming_.empty() || !cancels_.empty() || !requests_.empty() || stopping_; });
       for (auto& st : incoming_) {
-        waiting_.push_back(st.get());
+        waiting_.insert(std::upper_bound(waiting_.begin(), waiting_.end(), st.get(), admitted_before), st.get());
         requests_[st->id] = std::move(st);
       }
       incoming_.clear();
@@ -314,6 +332,7 @@ void Executor::loop() {
       if (stopping_ && requests_.empty() && cancels.empty()) return;
     }
     handle_cancels(cancels);
+    expire_waiting();
     if (!requests_.empty()) step();
   }
 }

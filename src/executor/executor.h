@@ -84,6 +84,7 @@ class Executor {
   void fail(RequestState* r, const Status& error);
   void retire(RequestState* r, Response final, int64_t ExecutorStats::*counter);
   void handle_cancels(const std::set<RequestId>& ids);
+  void expire_waiting();
 
   LlamaModel& model_;
   Backend& backend_;

@@ -2,6 +2,7 @@
 // contract of the `tensorrt_llm` model (docs/PROTOCOL.md), as plain structs.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -64,6 +65,12 @@ struct Request {
   std::vector<std::vector<int32_t>> stop_words;  // token sequences that end generation (kept in the output)
   std::vector<std::vector<int32_t>> bad_words;   // token sequences never generated
   std::vector<float> embedding_bias;             // [vocab] added to the logits, or empty
+  // Admission order among waiting requests: higher first, then arrival (TensorRT-LLM's executor convention,
+  // [0, 1], default 0.5). Under max_utilization the lowest priority, latest arrival is paused first.
+  float priority = 0.5f;
+  // A request still waiting for its first iteration this long after enqueue fails with kDeadlineExceeded
+  // (Triton's request `timeout`); unset: it waits as long as it takes.
+  std::optional<std::chrono::microseconds> queue_timeout;
   // Inputs of the tensorrt_llm contract that this executor does not implement yet: a request that sets
   // one is refused, naming it, never run as if it were not there.
   std::optional<uint64_t> lora_task_id;

@@ -67,4 +67,10 @@ struct RequestState {
   bool in_context_phase() const { return seqs.size() == 1 && seqs[0].computed < prompt_len; }
 };
 
+// The waiting queue's order: higher priority first, then arrival (ids grow with arrival).
+inline bool admitted_before(const RequestState* a, const RequestState* b) {
+  if (a->req.priority != b->req.priority) return a->req.priority > b->req.priority;
+  return a->id < b->id;
+}
+
 }  // namespace kiln

@@ -70,7 +70,7 @@ ScheduleResult Scheduler::schedule(std::vector<RequestState*>& running, std::deq
     drop_chunks_of(victim);
     preempt(*victim);
     running.erase(std::find(running.begin(), running.end(), victim));
-    waiting.insert(std::upper_bound(waiting.begin(), waiting.end(), victim, by_arrival), victim);
+    waiting.insert(std::upper_bound(waiting.begin(), waiting.end(), victim, admitted_before), victim);
     ++out.paused;
   };
 
@@ -86,8 +86,8 @@ ScheduleResult Scheduler::schedule(std::vector<RequestState*>& running, std::deq
     for (int si = 0; si < static_cast<int>(r->seqs.size()) && !paused_self; ++si) {
       while (!try_schedule_sequence(*r, si, budget, out)) {
         // Out of blocks. guaranteed_no_evict reserved the worst case, so this is max_utilization:
-        // pause the most recent arrival and retry.
-        RequestState* victim = running.back();
+        // pause the request admitted last by the waiting order (lowest priority, latest arrival) and retry.
+        RequestState* victim = *std::max_element(running.begin(), running.end(), admitted_before);
         paused_self = victim == r;
         pause(victim);
         if (paused_self) break;
@@ -96,7 +96,7 @@ ScheduleResult Scheduler::schedule(std::vector<RequestState*>& running, std::deq
     if (!paused_self) ++i;
   }
 
-  // 2. Waiting requests, first come first served: the first that does not fit stops admission.
+  // 2. Waiting requests in priority, then arrival order: the first that does not fit stops admission.
   while (!waiting.empty() && budget > 0 && static_cast<int64_t>(running.size()) < max_batch_size_) {
     RequestState* r = waiting.front();
     if (!admit(*r)) break;

@@ -1,9 +1,9 @@
 // Iteration-level scheduling: which sequences run in the next forward, and how many tokens each.
 // Running requests first (decode tokens, then unfinished prefill chunks), in arrival order, then waiting
-// requests first come, first served, within max_batch_size requests and max_num_tokens tokens.
+// requests by priority, then first come first served, within max_batch_size requests and max_num_tokens.
 // Capacity: guaranteed_no_evict admits a request only when the worst-case blocks of everything running
 // still fit the pool; max_utilization admits whatever fits now and, when the pool runs dry, pauses the
-// most recently arrived request (its blocks freed; it resumes later by recomputing its tokens).
+// lowest-priority, most recently arrived request (its blocks freed; it resumes later by recomputing its tokens).
 #pragma once
 
 #include <deque>
@@ -38,8 +38,8 @@ class Scheduler {
   Scheduler(const SchedulerConfig& config, int64_t max_batch_size, int64_t max_num_tokens, KvCacheManager& kv)
       : config_(config), max_batch_size_(max_batch_size), max_num_tokens_(max_num_tokens), kv_(kv) {}
 
-  // Moves admitted requests from `waiting` to `running` and paused ones back to `waiting` (both kept in
-  // arrival order) and returns this iteration's work.
+  // Moves admitted requests from `waiting` to `running` and paused ones back to `waiting` (running kept in
+  // arrival order, waiting in admitted_before order) and returns this iteration's work.
   ScheduleResult schedule(std::vector<RequestState*>& running, std::deque<RequestState*>& waiting);
   // Forget a request leaving `running` (finished or cancelled): its blocks must already be released.
   void on_finished(const RequestState& r);

@@ -33,12 +33,21 @@ grpc::Status grpc_status(const Status& s) {
     case StatusCode::kResourceExhausted: code = grpc::StatusCode::UNAVAILABLE; break;
     case StatusCode::kUnimplemented: code = grpc::StatusCode::UNIMPLEMENTED; break;
     case StatusCode::kCancelled: code = grpc::StatusCode::CANCELLED; break;
+    case StatusCode::kDeadlineExceeded: code = grpc::StatusCode::DEADLINE_EXCEEDED; break;
     default: break;
   }
   return grpc::Status(code, s.message());
 }
 
 // ---- request / reply conversion ------------------------------------------------------------------------------
+
+namespace {
+
+// Triton's stream parameters: the final-response flag and the client's request for an empty final response.
+constexpr char kFinalParam[] = "triton_final_response";
+constexpr char kEmptyFinalParam[] = "triton_enable_empty_final_response";
+
+}  // namespace
 
 namespace {
 
@@ -155,6 +164,19 @@ Result<InferCall> infer_call_from_grpc(ModelInferRequest& req) {
   if (n_raw > 0 && n_raw != n)
     return invalid_argument("the request has " + std::to_string(n) + " inputs but " + std::to_string(n_raw) +
                             " raw_input_contents; send one per input, in the order of the inputs");
+  for (const auto& [key, p] : req.parameters()) {
+    if (key == kEmptyFinalParam) continue;  // the stream's own (see ModelStreamInfer)
+    RequestParameter v;
+    switch (p.parameter_choice_case()) {
+      case inference::InferParameter::kBoolParam: v = p.bool_param(); break;
+      case inference::InferParameter::kInt64Param: v = p.int64_param(); break;
+      case inference::InferParameter::kUint64Param: v = p.uint64_param(); break;
+      case inference::InferParameter::kDoubleParam: v = p.double_param(); break;
+      case inference::InferParameter::kStringParam: v = p.string_param(); break;
+      default: return invalid_argument("request parameter '" + key + "' has no value");
+    }
+    KILN_RETURN_IF_ERROR(apply_request_parameter(call, key, v));
+  }
   call.inputs.reserve(n);
   for (int i = 0; i < n; ++i) {
     ModelInferRequest::InferInputTensor& in = *req.mutable_inputs(i);
@@ -205,9 +227,6 @@ void infer_reply_to_grpc(InferReply& reply, ModelInferResponse* r) {
 // ---- the services ---------------------------------------------------------------------------------------------
 
 namespace {
-
-constexpr char kFinalParam[] = "triton_final_response";
-constexpr char kEmptyFinalParam[] = "triton_enable_empty_final_response";
 
 grpc::ServerUnaryReactor* finish(grpc::CallbackServerContext* ctx, const grpc::Status& status) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();

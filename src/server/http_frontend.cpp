@@ -47,6 +47,7 @@ http::status http_status(const Status& s) {
       return http::status::not_found;
     case StatusCode::kUnavailable:
     case StatusCode::kResourceExhausted:
+    case StatusCode::kDeadlineExceeded:  // queued past the request's timeout: retryable, as an overload
       return http::status::service_unavailable;
     default:
       return http::status::internal_server_error;

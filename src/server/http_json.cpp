@@ -160,8 +160,17 @@ Result<HttpInferRequest> parse_infer_json(const json& j, std::string_view binary
           return invalid_argument("'binary_data_output' must be a boolean; got " + brief(*it));
         r.binary_output_default = it->get<bool>();
       }
-      // Other request parameters (priority, timeout, ...) carry nothing kiln uses; Triton passes them on
-      // likewise.
+      for (const auto& [pk, pv] : v.items()) {
+        if (pk == "binary_data_output") continue;
+        RequestParameter p;
+        if (pv.is_boolean()) p = pv.get<bool>();
+        else if (pv.is_number_unsigned()) p = pv.get<uint64_t>();
+        else if (pv.is_number_integer()) p = pv.get<int64_t>();
+        else if (pv.is_number_float()) p = pv.get<double>();
+        else if (pv.is_string()) p = pv.get<std::string>();
+        else return invalid_argument("request parameter '" + pk + "' must be a boolean, number or string; got " + brief(pv));
+        KILN_RETURN_IF_ERROR(apply_request_parameter(r.call, pk, p));
+      }
     } else if (key == "inputs") {
       saw_inputs = true;
       if (!v.is_array()) return invalid_argument("'inputs' must be a JSON array; got " + brief(v));

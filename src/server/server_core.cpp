@@ -191,6 +191,26 @@ Result<std::vector<ModelStats>> ServerCore::statistics(const std::string& name, 
   return out;
 }
 
+Status apply_request_parameter(InferCall& call, const std::string& key, const RequestParameter& value) {
+  auto unsigned_value = [&]() -> Result<uint64_t> {
+    if (auto* u = std::get_if<uint64_t>(&value)) return *u;
+    if (auto* i = std::get_if<int64_t>(&value); i && *i >= 0) return static_cast<uint64_t>(*i);
+    return invalid_argument("request parameter '" + key + "' must be a non-negative integer");
+  };
+  if (key == "priority") {
+    KILN_ASSIGN_OR_RETURN(call.priority, unsigned_value());
+    return {};
+  }
+  if (key == "timeout") {
+    KILN_ASSIGN_OR_RETURN(uint64_t us, unsigned_value());
+    if (us > 0) call.timeout_us = us;
+    return {};
+  }
+  if (key == "sequence_id" || key == "sequence_start" || key == "sequence_end")
+    return unimplemented("request parameter '" + key + "': sequence batching (stateful models) is not supported by kiln");
+  return invalid_argument("unknown request parameter '" + key + "' (kiln understands priority and timeout)");
+}
+
 Result<CancelFn> ServerCore::infer(InferCall call, ReplyFn on_reply) {
   if (stopping_) return unavailable("the server is shutting down");
   KILN_ASSIGN_OR_RETURN(auto m, find(call.model, call.version));

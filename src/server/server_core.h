@@ -12,6 +12,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "core/status.h"
@@ -75,7 +76,17 @@ struct InferCall {
   std::vector<InferTensor> inputs;
   std::set<std::string> requested_outputs;  // empty: all
   bool stream = false;  // the transport can carry several responses (gRPC ModelStreamInfer, generate_stream)
+  uint64_t priority = 0;             // Triton's request priority: 0 = the model's default, 1 = highest
+  std::optional<uint64_t> timeout_us;  // Triton's request timeout: fail if still queued after this long
 };
+
+// A request-level parameter (KServe v2 "parameters") as either protocol carries it.
+using RequestParameter = std::variant<bool, int64_t, uint64_t, double, std::string>;
+
+// Takes one request parameter into the call: `priority` and `timeout` (microseconds; 0 = none). Sequence
+// batching parameters and anything unknown are refused by name, never ignored. The protocol-specific ones
+// (HTTP binary_data_output, gRPC triton_enable_empty_final_response) are the frontends' own.
+Status apply_request_parameter(InferCall& call, const std::string& key, const RequestParameter& value);
 
 // One response to a call: a result, an error, or (streams) an empty final flag.
 struct InferReply {

@@ -837,6 +837,8 @@ Result<CancelFn> TextGenerationModel::infer(InferCall call, ReplyFn on_reply) {
     c.model = target_;
     c.id = call.id;
     c.stream = true;  // this side takes several replies (and a decoupled tensorrt_llm model insists on it)
+    c.priority = call.priority;
+    c.timeout_us = call.timeout_us;
     auto shape = [&](std::vector<int64_t> inner_dims) {
       if (st->target_batched) inner_dims.insert(inner_dims.begin(), 1);
       return inner_dims;

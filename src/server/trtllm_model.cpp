@@ -76,6 +76,34 @@ Result<ExecutorConfig> executor_config(const inference::ModelConfig& c) {
   return e;
 }
 
+// Triton's request priority as the executor's: levels 1 (highest) .. priority_levels (lowest) of the model's
+// dynamic_batching spread over [1, 0]; 0 means the config's default_priority_level (the middle, 0.5,
+// when the config sets no levels). A priority without configured levels is refused, not ignored.
+Result<float> executor_priority(const inference::ModelConfig& c, uint64_t p) {
+  const uint64_t levels = c.dynamic_batching().priority_levels();
+  if (p == 0) p = c.dynamic_batching().default_priority_level();
+  if (p == 0) return 0.5f;
+  if (levels == 0)
+    return invalid_argument("priority " + std::to_string(p) +
+                            ": the model's config sets no dynamic_batching { priority_levels }");
+  if (p > levels)
+    return invalid_argument("priority " + std::to_string(p) + " is outside the model's levels 1.." +
+                            std::to_string(levels));
+  return levels == 1 ? 0.5f : 1.0f - static_cast<float>(p - 1) / static_cast<float>(levels - 1);
+}
+
+// The queue timeout of a call: its own, else the config's default_queue_policy (Triton's REJECT action).
+Result<std::optional<std::chrono::microseconds>> queue_timeout(const inference::ModelConfig& c,
+                                                                std::optional<uint64_t> requested) {
+  const auto& policy = c.dynamic_batching().default_queue_policy();
+  if (requested && policy.default_timeout_microseconds() > 0 && !policy.allow_timeout_override())
+    return invalid_argument("timeout: the model's queue policy does not allow a request to override its timeout");
+  const uint64_t us = requested ? *requested : policy.default_timeout_microseconds();
+  if (us == 0) return std::optional<std::chrono::microseconds>();
+  if (us > (1ull << 40)) return invalid_argument("timeout " + std::to_string(us) + "us is too large");
+  return std::optional<std::chrono::microseconds>(std::chrono::microseconds(static_cast<int64_t>(us)));
+}
+
 // What one call collects while its requests run (shared with the executor's callbacks).
 struct CallState {
   InferCall call;
@@ -88,7 +116,12 @@ struct CallState {
   std::mutex mu;
   size_t remaining = 0;
   bool failed = false;
+  bool cancelled = false;  // a row ended by cancellation (client gone or `stop`): counted as a failure
 };
+
+bool was_cancelled(const Response& r) {
+  return std::find(r.finish_reasons.begin(), r.finish_reasons.end(), FinishReason::kCancelled) != r.finish_reasons.end();
+}
 
 }  // namespace
 
@@ -115,6 +148,17 @@ Result<std::shared_ptr<TrtllmModel>> TrtllmModel::load(const std::string& model_
   m->limits_.max_beam_width = b.max_beam_width;
   KILN_ASSIGN_OR_RETURN(m->limits_.exclude_input_in_output, bool_param(c, "exclude_input_in_output", false));
   m->decoupled_ = c.model_transaction_policy().decoupled();
+  if (c.has_dynamic_batching()) {
+    const auto& db = c.dynamic_batching();
+    if (db.default_queue_policy().timeout_action() == inference::ModelQueuePolicy::DELAY)
+      return unimplemented("dynamic_batching: timeout_action DELAY is not supported (use REJECT)");
+    if (!db.priority_queue_policy().empty())
+      return unimplemented("dynamic_batching: priority_queue_policy is not supported (one queue policy for all levels)");
+    if (db.priority_levels() > 0 && db.default_priority_level() > db.priority_levels())
+      return invalid_argument("dynamic_batching: default_priority_level exceeds priority_levels");
+    if (db.default_queue_policy().max_queue_size() > 0 && !param(c, "max_queue_size"))
+      ec.scheduler.max_queue_size = db.default_queue_policy().max_queue_size();
+  }
   KILN_ASSIGN_OR_RETURN(m->executor_, Executor::create(*m->model_, m->backend_, ec));
   std::fprintf(stderr, "kiln serve: model '%s': engine %s (%s, max_batch_size %lld, max_input_len %lld, max_seq_len %lld)\n",
                name.c_str(), engine_dir.c_str(), dtype_name(b.dtype),
@@ -178,6 +222,14 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
     on_reply(std::move(r));
     return CancelFn([] {});
   }
+  auto priority = executor_priority(*config_, call.priority);
+  if (!priority.ok()) return fail_now(priority.status());
+  auto timeout = queue_timeout(*config_, call.timeout_us);
+  if (!timeout.ok()) return fail_now(timeout.status());
+  for (Request& r : parsed->requests) {
+    r.priority = *priority;
+    r.queue_timeout = *timeout;
+  }
   const bool streaming = std::any_of(parsed->requests.begin(), parsed->requests.end(), [](const Request& r) { return r.streaming; });
   if (streaming && !decoupled_)
     return fail_now(invalid_argument("streaming=true needs a decoupled model (model_transaction_policy { decoupled: true })"));
@@ -234,7 +286,7 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
         const bool final = chunk.is_final;
         if (final) {
           --pending_;
-          record(true, static_cast<uint64_t>((now - st->start).count()), chunk.queue_ns,
+          record(!was_cancelled(chunk), static_cast<uint64_t>((now - st->start).count()), chunk.queue_ns,
                  chunk.total_ns > chunk.queue_ns ? chunk.total_ns - chunk.queue_ns : 0);
           output_tokens_.observe(chunk.sequence_lengths.empty() ? 0 : chunk.sequence_lengths[0]);
         }
@@ -244,6 +296,7 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
       }
       merge_response(st->responses[row], copy);
       if (!chunk.is_final) return;
+      st->cancelled = st->cancelled || was_cancelled(chunk);
       output_tokens_.observe(chunk.sequence_lengths.empty() ? 0 : chunk.sequence_lengths[0]);
       if (--st->remaining > 0) return;
       // Every row is done: one reply for the batch.
@@ -258,7 +311,7 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
       }
       std::vector<InferTensor> outs = trtllm_outputs(st->responses, st->requests, limits_, st->call.requested_outputs);
       --pending_;
-      record(true, static_cast<uint64_t>((now - st->start).count()), chunk.queue_ns,
+      record(!st->cancelled, static_cast<uint64_t>((now - st->start).count()), chunk.queue_ns,
              chunk.total_ns > chunk.queue_ns ? chunk.total_ns - chunk.queue_ns : 0);
       lock.unlock();
       st->reply(InferReply{st->call.model, version_, st->call.id, {}, std::move(outs), true});

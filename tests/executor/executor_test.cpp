@@ -472,6 +472,69 @@ TEST(Executor, OverloadIsRefusedNotQueuedForever) {
   for (RequestId id : ids) EXPECT_TRUE(ex->await_final(id).ok());
 }
 
+TEST(Executor, PriorityOrdersAdmissionThenArrival) {
+  // One request at a time: completion order is admission order.
+  LoadedModel& m = load_model({.model = "llama", .max_batch_size = 1, .max_num_tokens = 256});
+  auto ex = make_executor(m);
+  std::mutex mu;
+  std::vector<std::string> order;
+  auto request = [&](const std::string& name, float priority) {
+    Request r;
+    r.input_ids = {4, 5, 6};
+    r.max_new_tokens = 4;
+    r.end_ids = std::vector<int32_t>{};
+    r.priority = priority;
+    r.on_response = [&, name](const Response& resp) {
+      if (!resp.is_final) return;
+      std::lock_guard<std::mutex> lock(mu);
+      order.push_back(name);
+    };
+    return r;
+  };
+  ASSERT_TRUE(ex->enqueue(request("first", 1.0f)).ok());  // highest: runs first even if all arrive together
+  ASSERT_TRUE(ex->enqueue(request("low", 0.1f)).ok());
+  ASSERT_TRUE(ex->enqueue(request("default_a", 0.5f)).ok());
+  ASSERT_TRUE(ex->enqueue(request("high", 0.9f)).ok());
+  ASSERT_TRUE(ex->enqueue(request("default_b", 0.5f)).ok());
+  ex->shutdown(/*drain=*/true);
+  EXPECT_EQ(order, (std::vector<std::string>{"first", "high", "default_a", "default_b", "low"}));
+
+  auto fresh = make_executor(m);
+  Request bad = request("bad", 1.5f);
+  auto id = fresh->enqueue(bad);
+  ASSERT_FALSE(id.ok());
+  EXPECT_NE(id.status().message().find("priority"), std::string::npos);
+}
+
+TEST(Executor, QueueTimeoutFailsOnlyRequestsStillWaiting) {
+  LoadedModel& m = load_model({.model = "llama", .max_batch_size = 1, .max_num_tokens = 256});
+  auto ex = make_executor(m);
+  Request blocker;
+  blocker.input_ids.assign(60, 3);
+  blocker.max_new_tokens = 32;
+  blocker.end_ids = std::vector<int32_t>{};
+  blocker.queue_timeout = std::chrono::microseconds(60'000'000);  // runs at once: its timeout never matters
+  Request impatient = blocker;
+  impatient.max_new_tokens = 4;
+  impatient.queue_timeout = std::chrono::microseconds(1);
+  Request patient = impatient;
+  patient.queue_timeout.reset();
+  auto a = ex->enqueue(blocker);
+  auto b = ex->enqueue(impatient);
+  auto c = ex->enqueue(patient);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  auto ra = ex->await_final(*a), rb = ex->await_final(*b), rc = ex->await_final(*c);
+  EXPECT_TRUE(ra.ok()) << ra.status().to_string();
+  ASSERT_FALSE(rb.ok());
+  EXPECT_EQ(rb.status().code(), StatusCode::kDeadlineExceeded) << rb.status().to_string();
+  EXPECT_NE(rb.status().message().find("timeout"), std::string::npos);
+  ASSERT_TRUE(rc.ok()) << rc.status().to_string();
+  EXPECT_EQ(rc->output_ids[0].size(), 4u);
+  const ExecutorStats st = ex->stats();
+  EXPECT_EQ(st.failed, 1);
+  EXPECT_EQ(st.kv.used_blocks, 0);
+}
+
 TEST(Executor, CallbacksAndDrainingShutdown) {
   LoadedModel& m = load_model({.model = "llama", .max_num_tokens = 256});
   auto ex = make_executor(m);
