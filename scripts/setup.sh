@@ -4,11 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The server (kiln serve) also needs libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-# libboost-dev; CMake builds it when they are present (KILN_SERVER=AUTO). Not installed here yet: the server
-# is still being completed (see the issue), and everything else builds and is tested without it.
+# gRPC, protobuf and Boost.Beast (headers) are for the server (kiln serve); CMake builds it when they are
+# present (KILN_SERVER=AUTO), so a machine without them still builds and tests the engine.
 PACKAGES=(build-essential cmake ninja-build pkg-config nlohmann-json3-dev libxxhash-dev
           libpcre2-dev libutf8proc-dev zlib1g-dev
+          libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libboost-dev
           libgtest-dev googletest python3 python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -6,17 +6,18 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 (cd build && ctest --output-on-failure -j"$(nproc)")
 
-# Untrusted-input parsers and the executor (threads, block bookkeeping) under sanitizers (separate build dir,
-# only the test binary).
+# Untrusted-input parsers, the server's request handling and the executor (threads, block bookkeeping)
+# under sanitizers (separate build dir, only the test binary).
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_ASAN=ON -DKILN_BUILD_BENCH=OFF >/dev/null
 cmake --build build-asan -j"$(nproc)" --target kiln_tests
 ASAN_OPTIONS=detect_leaks=1 build-asan/kiln_tests \
-  --gtest_filter='Safetensors*:HfCheckpoint*:MappedFile*:EngineFile*:Convert*:ModelConfig*:Rope*:KvCacheManager*:Executor.*:Executor/*:ExecutorBeamSearch.Paused*:LogitsProcessor*:Sampler*:BeamSearch.*'
+  --gtest_filter='Safetensors*:HfCheckpoint*:MappedFile*:EngineFile*:Convert*:ModelConfig*:Rope*:KvCacheManager*:Executor.*:Executor/*:ExecutorBeamSearch.Paused*:LogitsProcessor*:Sampler*:BeamSearch.*:HttpJson*:HttpFrontendTest*:GrpcConvert*:GrpcFrontendTest*:TrtllmTensors*:InferTensor*:ModelName*:TextModelsTest*'
 
-# The server against the real Triton client library (tritonclient from pip), when this kiln has the server.
+# The server against the real Triton client library (tritonclient from pip) and the seed tutorial's own
+# client, when this kiln has the server: every endpoint over both protocols, bad input, disconnects, load.
 if build/kiln serve --help >/dev/null 2>&1; then
-  .venv/bin/pip install -q "tritonclient[all]" transformers numpy
-  .venv/bin/python tests/server/python/test_seed_client.py build/kiln
+  .venv/bin/pip install -q "tritonclient[all]" transformers numpy pytest requests sseclient-py grpcio-health-checking
+  KILN_BIN=build/kiln .venv/bin/python -m pytest -q -p no:cacheprovider tests/server/python
 else
   echo "server: not built (no gRPC/protobuf), its client tests skipped"
 fi

@@ -6,7 +6,8 @@ whose tensorrt_llm/config.pbtxt is the seed's own section 4.4, with the phi3 fix
 tokens and text must equal what `kiln run` produces for the same prompt. Without ../shared beside the
 repository, the committed copies in tests/data/server/ are used instead.
 
-usage: python test_seed_client.py KILN_BINARY   (run by scripts/test.sh in the test venv)
+Run by pytest (scripts/test.sh; the binary is $KILN_BIN, default build/kiln), or by hand:
+python test_seed_client.py KILN_BINARY
 """
 import gzip
 import os
@@ -39,7 +40,7 @@ def wait_ready(port, proc, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit("kiln serve exited early with code %s" % proc.returncode)
+            raise AssertionError("kiln serve exited early with code %s" % proc.returncode)
         try:
             client = grpcclient.InferenceServerClient(url="localhost:%d" % port)
             if client.is_server_ready() and client.is_model_ready("tensorrt_llm"):
@@ -47,11 +48,10 @@ def wait_ready(port, proc, timeout=120):
         except Exception:
             pass
         time.sleep(0.3)
-    raise SystemExit("kiln serve did not become ready")
+    raise AssertionError("kiln serve did not become ready")
 
 
-def main():
-    kiln = sys.argv[1]
+def run_seed_client(kiln):
     tmp = tempfile.mkdtemp(prefix="kiln_seed_")
     try:
         # The seed's tokenizer is Phi-3's: the fixture copy (tokenizer.json is stored gzipped).
@@ -99,10 +99,10 @@ def main():
         if seed_run.returncode != 0:
             print(seed_stdout, seed_run.stderr.decode("utf-8", errors="replace"))
             print(out)
-            raise SystemExit("the seed's client failed")
+            raise AssertionError("the seed's client failed")
         if server.returncode != 0:
             print(out)
-            raise SystemExit("kiln serve did not exit 0 on SIGTERM (exit %s)" % server.returncode)
+            raise AssertionError("kiln serve did not exit 0 on SIGTERM (exit %s)" % server.returncode)
         assert "SIGTERM" in out, out
 
         # The same prompt through `kiln run`.
@@ -133,5 +133,9 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_seed_client():
+    run_seed_client(os.environ.get("KILN_BIN", os.path.join(ROOT, "build", "kiln")))
+
+
 if __name__ == "__main__":
-    main()
+    run_seed_client(sys.argv[1])
