@@ -334,14 +334,17 @@ Status init(const RepoOptions& o) {
   // Everything is checked before anything is written.
   auto engine = load_engine(o.engine_dir);
   if (!engine.ok()) return engine.status().with_context("--engine_dir");
-  auto tok = Tokenizer::from_dir(o.tokenizer_dir);
-  if (!tok.ok()) return tok.status().with_context("--tokenizer_dir");
+  const bool text = !o.tokenizer_dir.empty();  // without a tokenizer: the token-level model only
+  if (text) {
+    auto tok = Tokenizer::from_dir(o.tokenizer_dir);
+    if (!tok.ok()) return tok.status().with_context("--tokenizer_dir");
+    if ((*tok)->vocab_size() > engine->model.vocab_size)
+      return invalid_argument("the tokenizer in " + o.tokenizer_dir + " has ids up to " +
+                              std::to_string((*tok)->vocab_size() - 1) + " but the engine's vocabulary has " +
+                              std::to_string(engine->model.vocab_size) +
+                              " tokens: they do not belong together");
+  }
   const BuildConfig& b = engine->build;
-  if ((*tok)->vocab_size() > engine->model.vocab_size)
-    return invalid_argument("the tokenizer in " + o.tokenizer_dir + " has ids up to " +
-                            std::to_string((*tok)->vocab_size() - 1) + " but the engine's vocabulary has " +
-                            std::to_string(engine->model.vocab_size) +
-                            " tokens: they do not belong together");
   RepoOptions opt = o;
   if (opt.max_batch_size == 0) opt.max_batch_size = b.max_batch_size;
   if (opt.max_batch_size < 1 || opt.max_batch_size > b.max_batch_size)
@@ -365,9 +368,9 @@ Status init(const RepoOptions& o) {
   }
   auto write_all = [&]() -> Status {
     const fs::path engine_src = fs::canonical(o.engine_dir);
-    const std::string tokenizer = fs::canonical(o.tokenizer_dir).string();
     for (const char* m :
          {"tensorrt_llm", "preprocessing", "postprocessing", "ensemble", "tensorrt_llm_bls"}) {
+      if (!text && std::string(m) != "tensorrt_llm") continue;
       fs::create_directories(repo / m / "1", ec);
       if (ec) return internal_error("cannot create " + (repo / m / "1").string() + ": " + ec.message());
     }
@@ -385,6 +388,8 @@ Status init(const RepoOptions& o) {
     }
     KILN_RETURN_IF_ERROR(
         write_file(repo / "tensorrt_llm" / "config.pbtxt", trtllm_config(opt, engine_dst.string())));
+    if (!text) return Status{};
+    const std::string tokenizer = fs::canonical(o.tokenizer_dir).string();
     KILN_RETURN_IF_ERROR(
         write_file(repo / "preprocessing" / "config.pbtxt", preprocessing_config(opt, tokenizer)));
     KILN_RETURN_IF_ERROR(
@@ -414,11 +419,15 @@ Status init(const RepoOptions& o) {
       static_cast<long long>(opt.max_batch_size), static_cast<long long>(b.max_input_len),
       static_cast<long long>(b.max_seq_len), o.decoupled ? "decoupled (streaming)" : "not decoupled",
       ", prompt not echoed");
-  std::printf("  preprocessing     tokenizer %s\n", fs::canonical(o.tokenizer_dir).c_str());
-  std::printf("  postprocessing    ids -> text\n");
-  std::printf("  ensemble          text_input -> text_output\n");
-  std::printf("  tensorrt_llm_bls  text_input -> text_output in one step%s\n",
-              o.decoupled ? " (streams)" : "");
+  if (text) {
+    std::printf("  preprocessing     tokenizer %s\n", fs::canonical(o.tokenizer_dir).c_str());
+    std::printf("  postprocessing    ids -> text\n");
+    std::printf("  ensemble          text_input -> text_output\n");
+    std::printf("  tensorrt_llm_bls  text_input -> text_output in one step%s\n",
+                o.decoupled ? " (streams)" : "");
+  } else {
+    std::printf("  (no --tokenizer_dir: the token-level tensorrt_llm model only; no text models)\n");
+  }
   std::printf("serve it: kiln serve --model_repo %s\n", repo.c_str());
   return {};
 }
@@ -428,7 +437,8 @@ Status init(const RepoOptions& o) {
 int cmd_repo(const std::vector<std::string>& argv) {
   const std::vector<FlagSpec> specs = {
       {"engine_dir", true, "engine folder made by `kiln build`"},
-      {"tokenizer_dir", true, "folder with the model's tokenizer.json (+ tokenizer_config.json)"},
+      {"tokenizer_dir", true,
+       "folder with the model's tokenizer.json (+ tokenizer_config.json); without it only tensorrt_llm is written"},
       {"output", true, "the repository folder to write (new or empty)"},
       {"decoupled", false,
        "tensorrt_llm and tensorrt_llm_bls stream (gRPC ModelStreamInfer, HTTP generate_stream)"},
@@ -441,7 +451,7 @@ int cmd_repo(const std::vector<std::string>& argv) {
       {"copy_engine", false, "copy the engine files into tensorrt_llm/1 instead of linking them"},
   };
   const char* summary =
-      "usage: kiln repo init --engine_dir ENGINE --tokenizer_dir DIR --output REPO [--decoupled] "
+      "usage: kiln repo init --engine_dir ENGINE [--tokenizer_dir DIR] --output REPO [--decoupled] "
       "[--max_batch_size N]\n"
       "Writes a model repository: tensorrt_llm, preprocessing, postprocessing, ensemble, tensorrt_llm_bls.";
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h" || (argv[0] == "init" && wants_help(argv))) {
@@ -455,7 +465,7 @@ int cmd_repo(const std::vector<std::string>& argv) {
     KILN_ASSIGN_OR_RETURN(Args a, Args::parse(std::vector<std::string>(argv.begin() + 1, argv.end()), specs));
     RepoOptions o;
     KILN_ASSIGN_OR_RETURN(o.engine_dir, a.require("engine_dir"));
-    KILN_ASSIGN_OR_RETURN(o.tokenizer_dir, a.require("tokenizer_dir"));
+    o.tokenizer_dir = a.get("tokenizer_dir").value_or("");
     KILN_ASSIGN_OR_RETURN(o.output, a.require("output"));
     o.decoupled = a.has("decoupled");
     o.copy_engine = a.has("copy_engine");

@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 
@@ -77,14 +78,20 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
 
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  int threads = num_threads();
+  const int threads = num_threads();
   if (threads == 1 || n == 1) {
     fn(0, n);
     return;
   }
-  run([&](int t, int nt) {
-    int64_t begin = n * t / nt, end = n * (t + 1) / nt;
-    if (begin < end) fn(begin, end);
+  // Several chunks per thread, taken in order by whichever thread is free: a thread the OS preempts (a
+  // server's network threads share the cores) delays only its current chunk, not a fixed half of the work.
+  const int64_t chunks = std::min<int64_t>(n, static_cast<int64_t>(threads) * kChunksPerThread);
+  std::atomic<int64_t> next{0};
+  run([&](int, int) {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
+      const int64_t begin = n * c / chunks, end = n * (c + 1) / chunks;
+      if (begin < end) fn(begin, end);
+    }
   });
 }
 

@@ -30,8 +30,10 @@ class ThreadPool {
   // Not reentrant: fn must not call run() on the same pool; one caller at a time.
   void run(const std::function<void(int, int)>& fn);
 
-  // Splits [0, n) into contiguous chunks, one per thread: fn(begin, end).
+  // Splits [0, n) into up to kChunksPerThread contiguous chunks per thread, handed out in order to whichever
+  // thread is free: fn(begin, end) once per chunk, possibly several times per thread.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
+  static constexpr int kChunksPerThread = 4;
 
   // Shared pool sized from KILN_NUM_THREADS or the core count.
   static ThreadPool& global();

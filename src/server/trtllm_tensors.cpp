@@ -184,7 +184,12 @@ Result<TrtllmInferRequest> parse_trtllm_inputs(const std::vector<InferTensor>& i
     r.max_new_tokens = get("request_output_len").scalar<int32_t>(b);
     if (r.max_new_tokens < 1)
       return invalid_argument("request_output_len=" + std::to_string(r.max_new_tokens) + " must be at least 1" + where);
-    if (has("end_id")) r.end_ids = std::vector<int32_t>{get("end_id").scalar<int32_t>(b)};
+    if (has("end_id")) {
+      // -1: no end id at all, generation runs to request_output_len (TensorRT-LLM's convention, used by
+      // benchmarks that force the output length).
+      const int32_t end = get("end_id").scalar<int32_t>(b);
+      r.end_ids = end == -1 ? std::vector<int32_t>{} : std::vector<int32_t>{end};
+    }
     if (has("pad_id")) r.pad_id = get("pad_id").scalar<int32_t>(b);
     for (const char* n : {"stop_words_list", "bad_words_list"}) {
       if (!has(n)) continue;

@@ -132,8 +132,14 @@ TEST_F(RepoInitTest, NeverOverwritesAndChecksFirst) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("max_batch_size"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(fresh)) << "nothing is written when a check fails";
-  r = kiln("repo init --engine_dir " + *engine_ + " --output " + fresh);
-  EXPECT_EQ(r.code, 2) << r.output;
+  // Without a tokenizer: the token-level model only.
+  const std::string tokens_only = dir_->sub("repo_tokens_only");
+  r = kiln("repo init --engine_dir " + *engine_ + " --output " + tokens_only);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("token-level tensorrt_llm model only"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::is_regular_file(fs::path(tokens_only) / "tensorrt_llm/config.pbtxt"));
+  EXPECT_FALSE(fs::exists(fs::path(tokens_only) / "preprocessing"));
+  EXPECT_FALSE(fs::exists(fs::path(tokens_only) / "ensemble"));
   r = kiln("repo frobnicate");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("unknown subcommand"), std::string::npos) << r.output;

@@ -42,6 +42,13 @@ TEST(TrtllmTensors, TheSeedClientsRequest) {
   EXPECT_EQ(q.max_new_tokens, 1024);
   EXPECT_EQ(q.end_ids, std::vector<int32_t>{32007});
   EXPECT_FALSE(q.output.exclude_input_from_output);  // the seed's config echoes the prompt
+  // end_id -1: no end id, the output runs to request_output_len (benchmarks force lengths so).
+  std::vector<InferTensor> no_end = seed_inputs({1, 2, 3});
+  no_end[3] = i32("end_id", {1, 1}, {-1});
+  auto forced = parse_trtllm_inputs(no_end, seed_limits());
+  ASSERT_TRUE(forced.ok()) << forced.status().to_string();
+  ASSERT_TRUE(forced->requests[0].end_ids.has_value());
+  EXPECT_TRUE(forced->requests[0].end_ids->empty());
   ASSERT_EQ(r->notes.size(), 1u);  // input_lengths 1024 > 4 ids: clamped, said once
   EXPECT_NE(r->notes[0].find("1024"), std::string::npos);
   // request_output_len past max_seq_len - prompt is cut to what is left (TensorRT-LLM does the same).

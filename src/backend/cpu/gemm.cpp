@@ -3,6 +3,7 @@
 #include "backend/cpu/gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -175,22 +176,30 @@ void gemm_with_isa(Isa isa, const float* x, int64_t ldx, int64_t m, const void* 
     return;
   }
 
-  // Split the panels of n over threads (each thread streams a disjoint part of W); when there are too
-  // few panels for that, also split the rows of m. k is never split.
+  // Split the panels of n into chunks (each streams a disjoint part of W); when there are too few panels for
+  // that, also split the rows of m. k is never split, so every output element is computed the same way
+  // whatever the split. Several chunks per thread, taken by whichever thread is free: a thread preempted by
+  // another process (or the server's own network threads) delays one chunk, not a fixed share of the work.
   int64_t n_chunks, m_chunks;
+  const int64_t per_thread = ThreadPool::kChunksPerThread;
   if (m <= 8 || panels >= 2 * threads) {
-    n_chunks = std::min<int64_t>(threads, panels);
+    n_chunks = std::min<int64_t>(threads * per_thread, panels);
     m_chunks = 1;
   } else {
     n_chunks = std::max<int64_t>(1, std::min<int64_t>(threads, panels / 2));
-    m_chunks = std::min<int64_t>(threads / n_chunks, m);
+    // Row chunks of at least 16 rows (each re-reads its panels of W), but at least one per thread.
+    m_chunks = std::max<int64_t>(threads / n_chunks, std::min<int64_t>(threads * per_thread / n_chunks, (m + 15) / 16));
+    m_chunks = std::min(m_chunks, m);
   }
-  pool.run([&](int t, int) {
-    if (t >= n_chunks * m_chunks) return;
-    const int64_t nc = t % n_chunks, mc = t / n_chunks;
-    const int64_t p0 = panels * nc / n_chunks, p1 = panels * (nc + 1) / n_chunks;
-    const int64_t r0 = m * mc / m_chunks, r1 = m * (mc + 1) / m_chunks;
-    if (p0 < p1 && r0 < r1) fn(args, r0, r1, p0, p1);
+  const int64_t units = n_chunks * m_chunks;
+  std::atomic<int64_t> next{0};
+  pool.run([&](int, int) {
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
+      const int64_t nc = u % n_chunks, mc = u / n_chunks;
+      const int64_t p0 = panels * nc / n_chunks, p1 = panels * (nc + 1) / n_chunks;
+      const int64_t r0 = m * mc / m_chunks, r1 = m * (mc + 1) / m_chunks;
+      if (p0 < p1 && r0 < r1) fn(args, r0, r1, p0, p1);
+    }
   });
 }
 

@@ -1,0 +1,283 @@
+// What the server costs: the same workload run in process (Executor API, callbacks) and through gRPC
+// streaming (ServerCore + GrpcFrontend on loopback, a ModelStreamInfer stream per request from C++ client
+// threads), alternating, in one process so that both see the same machine at the same time.
+//
+// 1. Throughput: `concurrency` requests at once (a burst), `input` random tokens in, `output` tokens out
+//    (end id off, so both modes do identical work); output tokens/s and per-request latency (send to final
+//    response) for each mode, best of `reps`.
+// 2. Per-request overhead when idle: `overhead_requests` sequential 1-token requests of 8 tokens in each
+//    mode; the difference of the p50 round trips is what the server adds to a request.
+//
+//   server_bench REPO [--input 128] [--output 128] [--concurrency 64] [--reps 3] [--overhead_requests 200]
+// REPO is a repository whose tensorrt_llm model is decoupled (kiln repo init --decoupled); the in-process
+// executor is made from the same engine and the same executor parameters.
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.h"
+#include "executor/executor.h"
+#include "grpc_service.grpc.pb.h"
+#include "model/engine.h"
+#include "server/grpc_frontend.h"
+#include "server/server_core.h"
+
+using namespace kiln;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double pct(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+}
+
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+struct Workload {
+  std::vector<std::vector<int32_t>> prompts;
+  int output = 0;
+};
+
+Workload make_workload(int n, int input, int output, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab) - 1);
+  Workload w;
+  w.output = output;
+  w.prompts.resize(n);
+  for (auto& p : w.prompts)
+    for (int t = 0; t < input; ++t) p.push_back(tok(rng));
+  return w;
+}
+
+struct RunResult {
+  double seconds = 0, tokens = 0;
+  std::vector<double> latency_ms;  // per request: sent -> final response
+  int errors = 0;
+  double tokens_per_s() const { return tokens / seconds; }
+};
+
+// ---- in process ---------------------------------------------------------------------------------------------
+
+RunResult run_in_process(Executor& ex, const Workload& w) {
+  std::mutex mu;
+  std::condition_variable done;
+  RunResult res;
+  size_t finals = 0;
+  const auto t0 = Clock::now();
+  std::vector<Clock::time_point> sent(w.prompts.size());
+  for (size_t i = 0; i < w.prompts.size(); ++i) {
+    Request r;
+    r.input_ids = w.prompts[i];
+    r.max_new_tokens = w.output;
+    r.end_ids = std::vector<int32_t>{};
+    r.streaming = true;
+    r.on_response = [&, i](const Response& resp) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!resp.error.ok()) ++res.errors;
+      if (!resp.output_ids.empty()) res.tokens += static_cast<double>(resp.output_ids[0].size());
+      if (resp.is_final) {
+        res.latency_ms.push_back(ms_since(sent[i]));
+        ++finals;
+        done.notify_all();
+      }
+    };
+    sent[i] = Clock::now();
+    if (!ex.enqueue(std::move(r)).ok()) ++res.errors, ++finals;
+  }
+  std::unique_lock<std::mutex> lock(mu);
+  done.wait(lock, [&] { return finals == w.prompts.size(); });
+  res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return res;
+}
+
+// ---- through gRPC ---------------------------------------------------------------------------------------------
+
+inference::ModelInferRequest grpc_request(const std::vector<int32_t>& ids, int output) {
+  inference::ModelInferRequest req;
+  req.set_model_name("tensorrt_llm");
+  auto add = [&](const char* name, const char* type, std::vector<int64_t> shape, const void* data, size_t bytes) {
+    auto* in = req.add_inputs();
+    in->set_name(name);
+    in->set_datatype(type);
+    for (int64_t d : shape) in->add_shape(d);
+    req.add_raw_input_contents(std::string(static_cast<const char*>(data), bytes));
+  };
+  const int32_t len = static_cast<int32_t>(ids.size()), out = output, end = -1;
+  const bool streaming = true;
+  add("input_ids", "INT32", {1, len}, ids.data(), ids.size() * 4);
+  add("input_lengths", "INT32", {1, 1}, &len, 4);
+  add("request_output_len", "INT32", {1, 1}, &out, 4);
+  add("end_id", "INT32", {1, 1}, &end, 4);
+  add("streaming", "BOOL", {1, 1}, &streaming, 1);
+  return req;
+}
+
+bool is_final(const inference::ModelStreamInferResponse& m) {
+  auto it = m.infer_response().parameters().find("triton_final_response");
+  return it != m.infer_response().parameters().end() && it->second.bool_param();
+}
+
+// One request on its own stream: tokens received, or -1 on an error.
+double stream_one(inference::GRPCInferenceService::Stub& stub, const inference::ModelInferRequest& req) {
+  grpc::ClientContext ctx;
+  auto stream = stub.ModelStreamInfer(&ctx);
+  double tokens = 0;
+  bool ok = stream->Write(req);
+  inference::ModelStreamInferResponse m;
+  while (ok && stream->Read(&m)) {
+    if (!m.error_message().empty()) {
+      std::fprintf(stderr, "stream error: %s\n", m.error_message().c_str());
+      ok = false;
+      break;
+    }
+    for (int i = 0; i < m.infer_response().outputs_size(); ++i)
+      if (m.infer_response().outputs(i).name() == "output_ids")
+        tokens += static_cast<double>(m.infer_response().raw_output_contents(i).size() / 4);
+    if (is_final(m)) break;
+  }
+  stream->WritesDone();
+  grpc::Status s = stream->Finish();
+  if (!s.ok()) {
+    std::fprintf(stderr, "stream: %s\n", s.error_message().c_str());
+    ok = false;
+  }
+  return ok ? tokens : -1;
+}
+
+RunResult run_grpc(inference::GRPCInferenceService::Stub& stub, const Workload& w) {
+  std::vector<inference::ModelInferRequest> reqs;
+  for (const auto& p : w.prompts) reqs.push_back(grpc_request(p, w.output));
+  RunResult res;
+  std::mutex mu;
+  std::vector<std::thread> threads;
+  const auto t0 = Clock::now();
+  for (size_t i = 0; i < reqs.size(); ++i)
+    threads.emplace_back([&, i] {
+      const auto sent = Clock::now();
+      const double tokens = stream_one(stub, reqs[i]);
+      const double ms = ms_since(sent);
+      std::lock_guard<std::mutex> lock(mu);
+      if (tokens < 0) ++res.errors;
+      else res.tokens += tokens;
+      res.latency_ms.push_back(ms);
+    });
+  for (auto& t : threads) t.join();
+  res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return res;
+}
+
+int flag(int argc, char** argv, const char* name, int fallback) {
+  for (int i = 2; i + 1 < argc; ++i)
+    if (!std::strcmp(argv[i], name)) return std::atoi(argv[i + 1]);
+  return fallback;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: server_bench REPO [--input 128] [--output 128] [--concurrency 64] [--reps 3] "
+                         "[--overhead_requests 200]\n");
+    return 2;
+  }
+  const std::string repo = argv[1];
+  const int input = flag(argc, argv, "--input", 128), output = flag(argc, argv, "--output", 128);
+  const int concurrency = flag(argc, argv, "--concurrency", 64), reps = flag(argc, argv, "--reps", 3);
+  const int overhead_n = flag(argc, argv, "--overhead_requests", 200);
+
+  // The server: gRPC only, on a free loopback port.
+  server::ServerOptions so;
+  so.model_repository = repo;
+  so.http_port = so.metrics_port = -1;
+  so.grpc_port = 0;
+  so.http_address = "127.0.0.1";
+  auto core = server::ServerCore::create(so);
+  if (!core.ok() || !(*core)->ready()) {
+    std::fprintf(stderr, "server: %s\n", core.ok() ? "a model did not load" : core.status().to_string().c_str());
+    return 1;
+  }
+  auto fe = server::GrpcFrontend::start(**core, "127.0.0.1", 0);
+  if (!fe.ok()) {
+    std::fprintf(stderr, "gRPC: %s\n", fe.status().to_string().c_str());
+    return 1;
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string((*fe)->port()),
+                                           grpc::InsecureChannelCredentials(), args);
+  auto stub = inference::GRPCInferenceService::NewStub(channel);
+
+  // In process: the same engine, the executor's defaults (what the repository's parameters also leave).
+  const std::string engine_dir = (std::filesystem::path(repo) / "tensorrt_llm" / "1").string();
+  auto engine = load_engine(engine_dir);
+  if (!engine.ok()) {
+    std::fprintf(stderr, "%s\n", engine.status().to_string().c_str());
+    return 1;
+  }
+  CpuBackend backend;
+  auto model = LlamaModel::load(*engine, backend);
+  if (!model.ok()) return std::fprintf(stderr, "%s\n", model.status().to_string().c_str()), 1;
+  auto ex = Executor::create(**model, backend, ExecutorConfig{});
+  if (!ex.ok()) return std::fprintf(stderr, "%s\n", ex.status().to_string().c_str()), 1;
+  std::printf("engine %s: %s, max_batch_size %lld\nin process: %s\n", engine_dir.c_str(),
+              dtype_name(engine->build.dtype), static_cast<long long>(engine->build.max_batch_size),
+              (*ex)->kv_plan().c_str());
+
+  const int64_t vocab = engine->model.vocab_size;
+  // Warm-up both paths.
+  run_in_process(**ex, make_workload(2, 16, 4, vocab, 1));
+  run_grpc(*stub, make_workload(2, 16, 4, vocab, 1));
+
+  // 1. Throughput, alternating modes.
+  std::printf("\n%d concurrent requests, %d tokens in, %d out (end id off), best of %d, modes alternating\n",
+              concurrency, input, output, reps);
+  std::printf("%-12s %9s %11s %14s %14s %14s %7s\n", "mode", "seconds", "out tok/s", "latency p50", "latency p90",
+              "latency p99", "errors");
+  RunResult best_local, best_grpc;
+  for (int r = 0; r < reps; ++r) {
+    const Workload w = make_workload(concurrency, input, output, vocab, 100 + r);
+    RunResult a = run_in_process(**ex, w);
+    RunResult b = run_grpc(*stub, w);
+    if (r == 0 || a.tokens_per_s() > best_local.tokens_per_s()) best_local = a;
+    if (r == 0 || b.tokens_per_s() > best_grpc.tokens_per_s()) best_grpc = b;
+    std::printf("  rep %d: in process %.1f tok/s, gRPC %.1f tok/s\n", r, a.tokens_per_s(), b.tokens_per_s());
+  }
+  auto row = [](const char* mode, const RunResult& x) {
+    std::printf("%-12s %9.2f %11.1f %12.1fms %12.1fms %12.1fms %7d\n", mode, x.seconds, x.tokens_per_s(),
+                pct(x.latency_ms, 0.5), pct(x.latency_ms, 0.9), pct(x.latency_ms, 0.99), x.errors);
+  };
+  row("in process", best_local);
+  row("gRPC stream", best_grpc);
+  const double cost = 1.0 - best_grpc.tokens_per_s() / best_local.tokens_per_s();
+  std::printf("server throughput cost: %.2f%% (target <= 5%%); p50 latency added under load: %.2f ms\n",
+              100.0 * cost, pct(best_grpc.latency_ms, 0.5) - pct(best_local.latency_ms, 0.5));
+
+  // 2. Per-request overhead on an idle server: 1 token out of 8 in, one request at a time.
+  std::vector<double> local_ms, grpc_ms;
+  const Workload tiny = make_workload(1, 8, 1, vocab, 7);
+  for (int i = 0; i < overhead_n; ++i) {
+    local_ms.push_back(run_in_process(**ex, tiny).latency_ms[0]);
+    grpc_ms.push_back(run_grpc(*stub, tiny).latency_ms[0]);
+  }
+  const double added = pct(grpc_ms, 0.5) - pct(local_ms, 0.5);
+  std::printf("\nidle round trip, 8 tokens in, 1 out, %d requests each: in process p50 %.3f ms, gRPC stream p50 "
+              "%.3f ms (p90 %.3f ms): the server adds %.3f ms at p50 (target < 0.5 ms)\n",
+              overhead_n, pct(local_ms, 0.5), pct(grpc_ms, 0.5), pct(grpc_ms, 0.9), added);
+  (*ex)->shutdown();
+  (*fe)->shutdown();
+  (*core)->shutdown(std::chrono::seconds(5));
+  const bool errors = best_local.errors || best_grpc.errors;
+  return errors ? 1 : 0;
+}
