@@ -6,7 +6,7 @@
 //    (end id off, so both modes do identical work); output tokens/s and per-request latency (send to final
 //    response) for each mode, best of `reps`.
 // 2. Per-request overhead when idle: `overhead_requests` sequential 1-token requests of 8 tokens in each
-//    mode; the difference of the p50 round trips is what the server adds to a request.
+//    mode (gRPC: on one open stream); the difference of the p50 round trips is what the server adds.
 //
 //   server_bench REPO [--input 128] [--output 128] [--concurrency 64] [--reps 3] [--overhead_requests 200]
 // REPO is a repository whose tensorrt_llm model is decoupled (kiln repo init --decoupled); the in-process
@@ -129,32 +129,47 @@ bool is_final(const inference::ModelStreamInferResponse& m) {
   return it != m.infer_response().parameters().end() && it->second.bool_param();
 }
 
-// One request on its own stream: tokens received, or -1 on an error.
-double stream_one(inference::GRPCInferenceService::Stub& stub, const inference::ModelInferRequest& req) {
-  grpc::ClientContext ctx;
-  auto stream = stub.ModelStreamInfer(&ctx);
+// Reads one request's responses up to its final one: the output tokens received, or -1 on an error.
+template <typename Stream>
+double read_until_final(Stream& stream) {
   double tokens = 0;
-  bool ok = stream->Write(req);
   inference::ModelStreamInferResponse m;
-  while (ok && stream->Read(&m)) {
+  while (stream.Read(&m)) {
     if (!m.error_message().empty()) {
       std::fprintf(stderr, "stream error: %s\n", m.error_message().c_str());
-      ok = false;
-      break;
+      return -1;
     }
     for (int i = 0; i < m.infer_response().outputs_size(); ++i)
       if (m.infer_response().outputs(i).name() == "output_ids")
         tokens += static_cast<double>(m.infer_response().raw_output_contents(i).size() / 4);
-    if (is_final(m)) break;
+    if (is_final(m)) return tokens;
   }
-  stream->WritesDone();
-  grpc::Status s = stream->Finish();
-  if (!s.ok()) {
-    std::fprintf(stderr, "stream: %s\n", s.error_message().c_str());
-    ok = false;
-  }
-  return ok ? tokens : -1;
+  return -1;
 }
+
+// A client stream (one ModelStreamInfer call) that sends requests one after another, as tritonclient's
+// start_stream / async_stream_infer does.
+class ClientStream {
+ public:
+  explicit ClientStream(inference::GRPCInferenceService::Stub& stub) : stream_(stub.ModelStreamInfer(&ctx_)) {}
+  ~ClientStream() {
+    stream_->WritesDone();
+    grpc::Status s = stream_->Finish();
+    if (!s.ok()) std::fprintf(stderr, "stream: %s\n", s.error_message().c_str());
+  }
+  // Sends one request and reads its responses; returns the latency (ms) from the write to the final
+  // response, and the tokens received (-1: an error).
+  std::pair<double, double> request(const inference::ModelInferRequest& req) {
+    const auto sent = Clock::now();
+    if (!stream_->Write(req)) return {ms_since(sent), -1};
+    const double tokens = read_until_final(*stream_);
+    return {ms_since(sent), tokens};
+  }
+
+ private:
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<inference::ModelInferRequest, inference::ModelStreamInferResponse>> stream_;
+};
 
 RunResult run_grpc(inference::GRPCInferenceService::Stub& stub, const Workload& w) {
   std::vector<inference::ModelInferRequest> reqs;
@@ -165,9 +180,8 @@ RunResult run_grpc(inference::GRPCInferenceService::Stub& stub, const Workload& 
   const auto t0 = Clock::now();
   for (size_t i = 0; i < reqs.size(); ++i)
     threads.emplace_back([&, i] {
-      const auto sent = Clock::now();
-      const double tokens = stream_one(stub, reqs[i]);
-      const double ms = ms_since(sent);
+      ClientStream stream(stub);  // a stream per concurrent client
+      const auto [ms, tokens] = stream.request(reqs[i]);
       std::lock_guard<std::mutex> lock(mu);
       if (tokens < 0) ++res.errors;
       else res.tokens += tokens;
@@ -264,12 +278,19 @@ int main(int argc, char** argv) {
   std::printf("server throughput cost: %.2f%% (target <= 5%%); p50 latency added under load: %.2f ms\n",
               100.0 * cost, pct(best_grpc.latency_ms, 0.5) - pct(best_local.latency_ms, 0.5));
 
-  // 2. Per-request overhead on an idle server: 1 token out of 8 in, one request at a time.
+  // 2. Per-request overhead on an idle server: 1 token out of 8 in, one request at a time (gRPC: on one
+  // open stream, as a client that keeps its stream).
   std::vector<double> local_ms, grpc_ms;
   const Workload tiny = make_workload(1, 8, 1, vocab, 7);
-  for (int i = 0; i < overhead_n; ++i) {
-    local_ms.push_back(run_in_process(**ex, tiny).latency_ms[0]);
-    grpc_ms.push_back(run_grpc(*stub, tiny).latency_ms[0]);
+  {
+    ClientStream stream(*stub);
+    const inference::ModelInferRequest req = grpc_request(tiny.prompts[0], 1);
+    for (int i = 0; i < overhead_n; ++i) {
+      local_ms.push_back(run_in_process(**ex, tiny).latency_ms[0]);
+      const auto [ms, tokens] = stream.request(req);
+      if (tokens != 1) return std::fprintf(stderr, "idle request: %g tokens\n", tokens), 1;
+      grpc_ms.push_back(ms);
+    }
   }
   const double added = pct(grpc_ms, 0.5) - pct(local_ms, 0.5);
   std::printf("\nidle round trip, 8 tokens in, 1 out, %d requests each: in process p50 %.3f ms, gRPC stream p50 "

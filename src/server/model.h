@@ -15,6 +15,7 @@
 #include "executor/executor.h"
 #include "model/engine.h"
 #include "model_config.pb.h"
+#include "server/reply_worker.h"
 #include "server/server_core.h"
 #include "server/trtllm_tensors.h"
 
@@ -92,6 +93,8 @@ class TrtllmModel : public Model {
   // Request id -> executor ids of the calls in flight, for the `stop` input.
   std::mutex calls_mu_;
   std::multimap<std::string, RequestId> by_client_id_;
+  void forget_client_id(const std::string& client_id, RequestId id);
+  ReplyWorker replies_;  // last: stopped (and drained) before the members its jobs use go away
 };
 
 // The engine directory of a tensorrt_llm model: gpt_model_path when it exists; otherwise (the seed's

@@ -172,12 +172,25 @@ Result<std::shared_ptr<TrtllmModel>> TrtllmModel::load(const std::string& model_
 
 TrtllmModel::~TrtllmModel() {
   if (executor_) executor_->shutdown(false);
+  replies_.stop();  // delivers what the executor's last callbacks posted
+}
+
+void TrtllmModel::forget_client_id(const std::string& client_id, RequestId id) {
+  if (client_id.empty()) return;
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  auto [a, b] = by_client_id_.equal_range(client_id);
+  for (auto it = a; it != b; ++it)
+    if (it->second == id) {
+      by_client_id_.erase(it);
+      return;
+    }
 }
 
 void TrtllmModel::shutdown(std::chrono::seconds timeout) {
   const auto deadline = Clock::now() + timeout;
   while (pending_ > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   executor_->shutdown(/*drain=*/false);  // cancels whatever is still running
+  replies_.stop();                        // and delivers every reply before the frontends stop
 }
 
 ModelMetadata TrtllmModel::metadata() const {
@@ -257,10 +270,9 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
     const bool client_streams = req.streaming;
     req.streaming = req.sampling.beam_width == 1;  // chunks per step even when the client gets one reply: TTFT/ITL
     req.output.exclude_input_from_output = true;    // the prompt is prepended below when echoed
-    req.on_response = [this, st, row, client_streams, weak](const Response& chunk) {
-      auto alive = weak.lock();
-      if (!alive) return;
-      const auto now = Clock::now();
+    // Runs on the reply worker, in the order the engine produced the chunks.
+    auto handle = [this, st, row, client_streams](const Response& chunk, Clock::time_point now) {
+      if (chunk.is_final) forget_client_id(st->call.id, chunk.id);
       std::unique_lock<std::mutex> lock(st->mu);
       if (st->failed) return;
       if (!chunk.error.ok()) {
@@ -279,10 +291,11 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
         st->got_token[row] = true;
         st->last_chunk[row] = now;
       }
-      Response copy = chunk;
       if (client_streams) {
         // A reply per chunk: this step's tokens; the last one flagged final.
-        std::vector<InferTensor> outs = trtllm_outputs({copy}, {st->requests[row]}, limits_, st->call.requested_outputs);
+        std::vector<InferTensor> outs = trtllm_outputs(std::span<const Response>(&chunk, 1),
+                                                       std::span<const Request>(&st->requests[row], 1), limits_,
+                                                       st->call.requested_outputs);
         const bool final = chunk.is_final;
         if (final) {
           --pending_;
@@ -294,6 +307,7 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
         st->reply(InferReply{st->call.model, version_, st->call.id, {}, std::move(outs), final});
         return;
       }
+      Response copy = chunk;
       merge_response(st->responses[row], copy);
       if (!chunk.is_final) return;
       st->cancelled = st->cancelled || was_cancelled(chunk);
@@ -316,8 +330,19 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
       lock.unlock();
       st->reply(InferReply{st->call.model, version_, st->call.id, {}, std::move(outs), true});
     };
+    // On the engine thread: note the time, hand the chunk over, return to the forward pass.
+    req.on_response = [this, weak, handle](const Response& chunk) {
+      if (!weak.lock()) return;
+      replies_.post([handle, chunk, now = Clock::now()] { handle(chunk, now); });
+    };
     input_tokens_.observe(static_cast<double>(req.input_ids.size()));
-    auto id = executor_->enqueue(std::move(req));
+    Result<RequestId> id = unavailable("");
+    {
+      // Registered for `stop` before its final chunk can be handled (that handler takes calls_mu_ too).
+      std::lock_guard<std::mutex> lock(calls_mu_);
+      id = executor_->enqueue(std::move(req));
+      if (id.ok() && !st->call.id.empty()) by_client_id_.emplace(st->call.id, *id);
+    }
     if (!id.ok()) {
       {
         std::lock_guard<std::mutex> lock(st->mu);
@@ -328,10 +353,6 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
       return fail_now(id.status());
     }
     ids.push_back(*id);
-  }
-  if (!st->call.id.empty()) {
-    std::lock_guard<std::mutex> lock(calls_mu_);
-    for (RequestId id : ids) by_client_id_.emplace(st->call.id, id);
   }
   Executor* ex = executor_.get();
   return CancelFn([weak, ex, ids] {

@@ -251,7 +251,7 @@ Result<TrtllmInferRequest> parse_trtllm_inputs(const std::vector<InferTensor>& i
   return out;
 }
 
-std::vector<InferTensor> trtllm_outputs(const std::vector<Response>& responses, const std::vector<Request>& requests,
+std::vector<InferTensor> trtllm_outputs(std::span<const Response> responses, std::span<const Request> requests,
                                         const TrtllmLimits& limits, const std::set<std::string>& wanted) {
   const int64_t B = static_cast<int64_t>(responses.size());
   const bool batched = limits.max_batch_size > 0;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -33,7 +34,7 @@ Result<TrtllmInferRequest> parse_trtllm_inputs(const std::vector<InferTensor>& i
 
 // Output tensors of a batch: responses[i] answers requests[i]. `wanted`: names the client asked for
 // (empty: all that apply). Shorter beams/rows are padded with the request's pad id (else end id, else 0).
-std::vector<InferTensor> trtllm_outputs(const std::vector<Response>& responses, const std::vector<Request>& requests,
+std::vector<InferTensor> trtllm_outputs(std::span<const Response> responses, std::span<const Request> requests,
                                         const TrtllmLimits& limits, const std::set<std::string>& wanted);
 
 // The input and output names of the contract, for model metadata and error messages.

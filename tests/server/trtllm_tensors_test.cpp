@@ -146,7 +146,7 @@ TEST(TrtllmTensors, OutputsHaveTheDocumentedShapes) {
   Response b = a;
   b.output_ids = {{1, 2, 8}};
   b.sequence_lengths = {3};
-  auto out = trtllm_outputs({a, b}, {q, q}, seed_limits(), {});
+  auto out = trtllm_outputs(std::vector<Response>{a, b}, std::vector<Request>{q, q}, seed_limits(), {});
   ASSERT_EQ(out.size(), 4u);
   EXPECT_EQ(out[0].name, "output_ids");
   EXPECT_EQ(out[0].shape, (std::vector<int64_t>{2, 1, 5}));
@@ -155,7 +155,7 @@ TEST(TrtllmTensors, OutputsHaveTheDocumentedShapes) {
   EXPECT_EQ(out[1].values<int32_t>(), (std::vector<int32_t>{5, 3}));
   EXPECT_EQ(out[2].name, "cum_log_probs");
   EXPECT_EQ(out[2].shape, (std::vector<int64_t>{2, 1}));
-  auto only = trtllm_outputs({a}, {q}, seed_limits(), {"output_ids"});
+  auto only = trtllm_outputs(std::vector<Response>{a}, std::vector<Request>{q}, seed_limits(), {"output_ids"});
   ASSERT_EQ(only.size(), 1u);
 }
 
