@@ -16,7 +16,7 @@ ASAN_OPTIONS=detect_leaks=1 build-asan/kiln_tests \
 # The server against the real Triton client library (tritonclient from pip) and the seed tutorial's own
 # client, when this kiln has the server: every endpoint over both protocols, bad input, disconnects, load.
 if build/kiln serve --help >/dev/null 2>&1; then
-  .venv/bin/pip install -q "tritonclient[all]" transformers numpy pytest requests sseclient-py grpcio-health-checking
+  .venv/bin/pip install -q "tritonclient[all]" transformers numpy pytest requests sseclient-py grpcio-health-checking prometheus-client
   KILN_BIN=build/kiln .venv/bin/python -m pytest -q -p no:cacheprovider tests/server/python
 else
   echo "server: not built (no gRPC/protobuf), its client tests skipped"

@@ -161,6 +161,11 @@ Result<InferCall> infer_call_from_grpc(ModelInferRequest& req) {
   call.id = req.id();
   const int n = req.inputs_size();
   const int n_raw = req.raw_input_contents_size();
+  // Before the raw-contents count: an input in shared memory has no raw contents (tritonclient sends the others'
+  // only), and the answer must say that shared memory is the problem.
+  for (const auto& in : req.inputs())
+    if (in.parameters().count("shared_memory_region"))
+      return invalid_argument("input '" + in.name() + "': shared memory is not supported by kiln");
   if (n_raw > 0 && n_raw != n)
     return invalid_argument("the request has " + std::to_string(n) + " inputs but " + std::to_string(n_raw) +
                             " raw_input_contents; send one per input, in the order of the inputs");
@@ -180,8 +185,6 @@ Result<InferCall> infer_call_from_grpc(ModelInferRequest& req) {
   call.inputs.reserve(n);
   for (int i = 0; i < n; ++i) {
     ModelInferRequest::InferInputTensor& in = *req.mutable_inputs(i);
-    if (in.parameters().count("shared_memory_region"))
-      return invalid_argument("input '" + in.name() + "': shared memory is not supported by kiln");
     const std::optional<TensorType> type = tensor_type_from_name(in.datatype());
     if (!type)
       return invalid_argument("input '" + in.name() + "': unknown datatype '" + in.datatype() + "' (one of " +

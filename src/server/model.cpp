@@ -7,30 +7,6 @@ namespace kiln::server {
 
 namespace fs = std::filesystem;
 
-void Histogram::observe(double v) {
-  std::lock_guard<std::mutex> lock(mu_);
-  size_t i = 0;
-  while (i < bounds_.size() && v > bounds_[i]) ++i;
-  ++counts_[i];
-  sum_ += v;
-  ++count_;
-}
-
-std::string Histogram::text(const std::string& name, const std::string& labels) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::ostringstream os;
-  uint64_t cumulative = 0;
-  for (size_t i = 0; i <= bounds_.size(); ++i) {
-    cumulative += counts_[i];
-    os << name << "_bucket{" << labels << ",le=\"";
-    if (i < bounds_.size()) os << bounds_[i];
-    else os << "+Inf";
-    os << "\"} " << cumulative << "\n";
-  }
-  os << name << "_sum{" << labels << "} " << sum_ << "\n" << name << "_count{" << labels << "} " << count_ << "\n";
-  return os.str();
-}
-
 ModelStats Model::stats() const {
   ModelStats s;
   s.name = name_;
@@ -47,11 +23,11 @@ ModelStats Model::stats() const {
   return s;
 }
 
-void Model::record(bool ok, uint64_t duration_ns, uint64_t queue_ns, uint64_t compute_ns) {
+void Model::record(bool ok, uint64_t duration_ns, uint64_t queue_ns, uint64_t compute_ns, uint64_t rows) {
   (ok ? success_ : failure_) += 1;
   (ok ? success_ns_ : fail_ns_) += duration_ns;
   if (ok) {
-    ++inferences_;
+    inferences_ += rows;
     ++executions_;
     queue_ns_ += queue_ns;
     compute_ns_ += compute_ns;
@@ -60,18 +36,25 @@ void Model::record(bool ok, uint64_t duration_ns, uint64_t queue_ns, uint64_t co
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
 }
 
-std::string Model::counters_text() const {
+void Model::metrics(MetricsText& out) const {
+  using T = MetricsText::Type;
   const std::string l = labels();
-  std::ostringstream os;
-  os << "nv_inference_request_success{" << l << "} " << success_ << "\n"
-     << "nv_inference_request_failure{" << l << "} " << failure_ << "\n"
-     << "nv_inference_count{" << l << "} " << inferences_ << "\n"
-     << "nv_inference_exec_count{" << l << "} " << executions_ << "\n"
-     << "nv_inference_request_duration_us{" << l << "} " << (success_ns_ + fail_ns_) / 1000 << "\n"
-     << "nv_inference_queue_duration_us{" << l << "} " << queue_ns_ / 1000 << "\n"
-     << "nv_inference_compute_infer_duration_us{" << l << "} " << compute_ns_ / 1000 << "\n"
-     << "nv_inference_pending_request_count{" << l << "} " << pending_ << "\n";
-  return os.str();
+  out.sample("nv_inference_request_success", T::kCounter, "Number of successful inference requests, all batch sizes",
+             l, static_cast<double>(success_));
+  out.sample("nv_inference_request_failure", T::kCounter, "Number of failed inference requests, all batch sizes", l,
+             static_cast<double>(failure_));
+  out.sample("nv_inference_count", T::kCounter, "Number of inferences performed (a batch of n counts n)", l,
+             static_cast<double>(inferences_));
+  out.sample("nv_inference_exec_count", T::kCounter, "Number of model executions performed", l,
+             static_cast<double>(executions_));
+  out.sample("nv_inference_request_duration_us", T::kCounter, "Cumulative inference request duration in microseconds",
+             l, static_cast<double>((success_ns_ + fail_ns_) / 1000));
+  out.sample("nv_inference_queue_duration_us", T::kCounter, "Cumulative inference queuing duration in microseconds", l,
+             static_cast<double>(queue_ns_ / 1000));
+  out.sample("nv_inference_compute_infer_duration_us", T::kCounter,
+             "Cumulative compute inference duration in microseconds", l, static_cast<double>(compute_ns_ / 1000));
+  out.sample("nv_inference_pending_request_count", T::kGauge, "Instantaneous number of pending requests awaiting execution",
+             l, static_cast<double>(pending_));
 }
 
 std::string resolve_engine_dir(const std::string& model_dir, const std::string& name,

@@ -15,27 +15,12 @@
 #include "executor/executor.h"
 #include "model/engine.h"
 #include "model_config.pb.h"
+#include "server/metrics.h"
 #include "server/reply_worker.h"
 #include "server/server_core.h"
 #include "server/trtllm_tensors.h"
 
 namespace kiln::server {
-
-// Cumulative histogram with fixed bucket bounds (Prometheus style).
-class Histogram {
- public:
-  explicit Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1) {}
-  void observe(double v);
-  // `name{labels,le="..."} n` lines plus _sum and _count.
-  std::string text(const std::string& name, const std::string& labels) const;
-
- private:
-  mutable std::mutex mu_;
-  std::vector<double> bounds_;
-  std::vector<uint64_t> counts_;
-  double sum_ = 0;
-  uint64_t count_ = 0;
-};
 
 class Model : public std::enable_shared_from_this<Model> {
  public:
@@ -45,7 +30,8 @@ class Model : public std::enable_shared_from_this<Model> {
   std::shared_ptr<const inference::ModelConfig> config() const { return config_; }
   virtual ModelMetadata metadata() const = 0;
   virtual Result<CancelFn> infer(InferCall call, ReplyFn on_reply) = 0;
-  virtual std::string metrics_text() const = 0;
+  // This model's samples (the Triton core counters; subclasses add theirs).
+  virtual void metrics(MetricsText& out) const;
   ModelStats stats() const;
   // Stops taking calls; lets running ones finish for up to `timeout`, then cancels them.
   virtual void shutdown(std::chrono::seconds timeout) = 0;
@@ -53,9 +39,9 @@ class Model : public std::enable_shared_from_this<Model> {
  protected:
   Model(std::string name, std::shared_ptr<inference::ModelConfig> config)
       : name_(std::move(name)), config_(std::move(config)) {}
-  // Statistics, updated by the subclasses.
-  void record(bool ok, uint64_t duration_ns, uint64_t queue_ns, uint64_t compute_ns);
-  std::string counters_text() const;  // the Triton core counters with this model's labels
+  // Statistics, updated by the subclasses: one call (request) of `rows` batch rows (Triton's inference count
+  // counts rows; its execution count, executions).
+  void record(bool ok, uint64_t duration_ns, uint64_t queue_ns, uint64_t compute_ns, uint64_t rows = 1);
   std::string labels() const { return "model=\"" + name_ + "\",version=\"" + version_ + "\""; }
 
   std::string name_, version_ = "1";
@@ -72,7 +58,7 @@ class TrtllmModel : public Model {
   ~TrtllmModel() override;
   ModelMetadata metadata() const override;
   Result<CancelFn> infer(InferCall call, ReplyFn on_reply) override;
-  std::string metrics_text() const override;
+  void metrics(MetricsText& out) const override;
   void shutdown(std::chrono::seconds timeout) override;
   const TrtllmLimits& limits() const { return limits_; }
 

@@ -74,7 +74,7 @@ Result<std::unique_ptr<ServerCore>> ServerCore::create(const ServerOptions& opti
   if (all) names = folders_with_config(options.model_repository);
   else names = options.load_models;
   for (const std::string& name : names) {
-    Status s = core->load_model(name);
+    Status s = core->load(name);
     if (!s.ok()) std::fprintf(stderr, "kiln serve: model '%s' not loaded: %s\n", name.c_str(), s.message().c_str());
   }
   return core;
@@ -139,7 +139,20 @@ std::vector<ModelStatus> ServerCore::repository_index(bool ready_only) const {
   return out;
 }
 
+Status ServerCore::check_repository_api() const {
+  if (options_.control_mode != ModelControlMode::kExplicit)
+    return unavailable("explicit model load / unload is not allowed: start kiln serve with "
+                       "--model-control-mode explicit");
+  return {};
+}
+
 Status ServerCore::load_model(const std::string& name) {
+  KILN_RETURN_IF_ERROR(check_model_name(name));
+  KILN_RETURN_IF_ERROR(check_repository_api());
+  return load(name);
+}
+
+Status ServerCore::load(const std::string& name) {
   KILN_RETURN_IF_ERROR(check_model_name(name));
   if (stopping_) return unavailable("the server is shutting down");
   std::error_code ec;
@@ -165,6 +178,7 @@ Status ServerCore::load_model(const std::string& name) {
 
 Status ServerCore::unload_model(const std::string& name) {
   KILN_RETURN_IF_ERROR(check_model_name(name));
+  KILN_RETURN_IF_ERROR(check_repository_api());
   std::shared_ptr<Model> m;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -214,6 +228,12 @@ Status apply_request_parameter(InferCall& call, const std::string& key, const Re
 Result<CancelFn> ServerCore::infer(InferCall call, ReplyFn on_reply) {
   if (stopping_) return unavailable("the server is shutting down");
   KILN_ASSIGN_OR_RETURN(auto m, find(call.model, call.version));
+  if (!call.requested_outputs.empty()) {
+    const ModelMetadata md = m->metadata();
+    for (const std::string& want : call.requested_outputs)
+      if (std::none_of(md.outputs.begin(), md.outputs.end(), [&](const TensorMetadata& t) { return t.name == want; }))
+        return invalid_argument("unexpected inference output '" + want + "' for model '" + call.model + "'");
+  }
   return m->infer(std::move(call), std::move(on_reply));
 }
 
@@ -223,15 +243,10 @@ std::string ServerCore::metrics_text() const {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [n, m] : models_) models.push_back(m);
   }
-  std::ostringstream os;
-  os << "# HELP nv_inference_request_success Number of successful inference requests\n"
-     << "# TYPE nv_inference_request_success counter\n"
-     << "# HELP kiln_time_to_first_token_ms Time from a request's arrival to its first generated token\n"
-     << "# TYPE kiln_time_to_first_token_ms histogram\n"
-     << "# HELP kiln_inter_token_latency_ms Time between generated tokens of a request\n"
-     << "# TYPE kiln_inter_token_latency_ms histogram\n";
-  for (const auto& m : models) os << m->metrics_text();
-  return os.str();
+  MetricsText out;
+  for (const auto& m : models) m->metrics(out);
+  write_host_metrics(out);
+  return out.text();
 }
 
 void ServerCore::shutdown(std::chrono::seconds timeout) {

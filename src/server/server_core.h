@@ -122,6 +122,7 @@ class ServerCore {
   Result<std::shared_ptr<const inference::ModelConfig>> model_config(const std::string& name,
                                                                      const std::string& version) const;
   std::vector<ModelStatus> repository_index(bool ready_only) const;
+  // The repository API (explicit model control mode only; refused otherwise, as Triton does).
   Status load_model(const std::string& name);
   Status unload_model(const std::string& name);
   Result<std::vector<ModelStats>> statistics(const std::string& name, const std::string& version) const;
@@ -145,6 +146,8 @@ class ServerCore {
  private:
   explicit ServerCore(const ServerOptions& o) : options_(o), log_verbose_(o.log_verbose) {}
   Result<std::shared_ptr<Model>> find(const std::string& name, const std::string& version) const;
+  Status check_repository_api() const;
+  Status load(const std::string& name);  // (re)loads a model folder, whatever the control mode
 
   ServerOptions options_;
   std::atomic<int> log_verbose_;

@@ -451,12 +451,16 @@ const InferTensor* find_output(const std::vector<InferTensor>& outs, const std::
 const char* const kLogOutputs[] = {"cum_log_probs", "output_log_probs", "context_logits",
                                    "generation_logits"};
 
+// Whether an id has a string in the tokenizer. An engine's vocabulary is often padded past the tokenizer's
+// (Phi-3: 32064 embedding rows, 32011 tokens), and a model can emit a padding id; Hugging Face's decode (the
+// Python postprocessing) skips such ids, and so do the text models, rather than failing the whole request.
+bool known_id(const Tokenizer& tok, int32_t id) { return id < tok.vocab_size(); }
+
 // ===================================================================================================
 // A model that answers a call at once on the caller's thread (tokenizer work only): one reply, counted.
 
 class ImmediateModel : public Model {
  public:
-  std::string metrics_text() const override { return counters_text(); }
   void shutdown(std::chrono::seconds) override {}
 
   Result<CancelFn> infer(InferCall call, ReplyFn on_reply) override {
@@ -466,7 +470,11 @@ class ImmediateModel : public Model {
       record(false, ns_since(t0), 0, 0);
       return out.status();
     }
-    record(true, ns_since(t0), 0, ns_since(t0));
+    // Rows: the leading (batch) dimension of the inputs when the model batches.
+    uint64_t rows = 1;
+    if (config_->max_batch_size() > 0 && !call.inputs.empty() && !call.inputs[0].shape.empty())
+      rows = static_cast<uint64_t>(std::max<int64_t>(1, call.inputs[0].shape[0]));
+    record(true, ns_since(t0), 0, ns_since(t0), rows);
     on_reply(InferReply{call.model, version_, call.id, {}, std::move(*out), true});
     return CancelFn([] {});
   }
@@ -609,7 +617,9 @@ class PostprocessingModel : public ImmediateModel {
           return invalid_argument("input 'SEQUENCE_LENGTH' holds a negative length " +
                                   std::to_string(seq[b]) + row_note(in, r));
         const int64_t n = std::min<int64_t>(seq[b], len);  // as the Python model slices tokens[:seq_len]
-        std::span<const int32_t> beam(ids.data() + b * len, static_cast<size_t>(n));
+        std::vector<int32_t> beam;  // negative ids stay in: decode refuses them by name
+        for (int64_t k = 0; k < n; ++k)
+          if (known_id(*tok_, ids[b * len + k])) beam.push_back(ids[b * len + k]);
         auto text = tok_->decode(beam, skip_special_);
         if (!text.ok()) return text.status().with_context("input 'TOKENS_BATCH'" + row_note(in, r));
         texts.push_back(std::move(*text));
@@ -671,6 +681,7 @@ struct PipelineCall {
   bool accumulate = false;      // streamed replies carry the whole text so far (BLS accumulate_tokens)
   bool target_echoes = false;   // the tensorrt_llm model's output_ids start with the prompt
   bool target_batched = false;  // its tensors have a leading batch dimension
+  bool cancelled = false;       // the client went away (the call's CancelFn): counted as a failure
   Clock::time_point start = Clock::now();
 };
 
@@ -683,13 +694,12 @@ class TextGenerationModel : public Model {
   ModelMetadata metadata() const override {
     return text_metadata(name_, version_, *config_, platform_of(*config_), kPipelineInputs, kPipelineOutputs);
   }
-  std::string metrics_text() const override { return counters_text(); }
   Result<CancelFn> infer(InferCall call, ReplyFn on_reply) override;
   void shutdown(std::chrono::seconds timeout) override;
   // A call's final reply went out.
-  void call_ended(bool ok, uint64_t ns) {
+  void call_ended(bool ok, uint64_t ns, uint64_t rows) {
     --pending_;
-    record(ok, ns, 0, ok ? ns : 0);
+    record(ok, ns, 0, ok ? ns : 0, rows);
   }
 
   TextModelKind kind_;
@@ -797,6 +807,8 @@ Result<CancelFn> TextGenerationModel::infer(InferCall call, ReplyFn on_reply) {
     const std::string where = row_note(in, r);
     PipelineRow& row = st->rows[r];
     row.prompt = in.strings("text_input", r)[0];
+    // An empty prompt would only generate from the BOS token (or from nothing): refused by name.
+    if (row.prompt.empty()) return fail_now(invalid_argument("input 'text_input' is empty" + where));
     if (auto s = check_utf8(row.prompt, "text_input", where); !s.ok()) return fail_now(s);
     auto ids = tok_->encode(row.prompt, add_special_);
     if (!ids.ok()) return fail_now(ids.status().with_context("input 'text_input'" + where));
@@ -929,6 +941,7 @@ Result<CancelFn> TextGenerationModel::infer(InferCall call, ReplyFn on_reply) {
     std::vector<CancelFn> cancels;
     {
       std::lock_guard<std::mutex> lock(st->mu);
+      if (!st->done) st->cancelled = true;  // the statistics count it as a failure, as the tensorrt_llm model does
       for (PipelineRow& row : st->rows)
         if (row.cancel && !row.finished) cancels.push_back(row.cancel);
     }
@@ -948,6 +961,7 @@ void on_inner_reply(const std::shared_ptr<PipelineCall>& st, size_t index, Infer
   {
     std::lock_guard<std::mutex> lock(st->mu);
     if (st->done) return;
+    ok = !st->cancelled;
     PipelineRow& row = st->rows[index];
     if (row.finished) return;
     auto fail = [&](Status s) {
@@ -970,6 +984,7 @@ void on_inner_reply(const std::shared_ptr<PipelineCall>& st, size_t index, Infer
       Status err;
       if (ids_t)
         for (int32_t id : ids_t->values<int32_t>()) {
+          if (!known_id(*st->tok, id)) continue;
           auto d = row.detok->add(id);
           if (!d.ok()) {
             err = d.status();
@@ -1044,6 +1059,7 @@ void on_inner_reply(const std::shared_ptr<PipelineCall>& st, size_t index, Infer
         IncrementalDetokenizer detok(st->tok, row.prompt_ids, st->skip_special);
         std::string text;
         for (size_t k = from; k < to && err.ok(); ++k) {
+          if (!known_id(*st->tok, ids[k])) continue;
           auto d = detok.add(ids[k]);
           if (d.ok())
             text += *d;
@@ -1079,7 +1095,7 @@ void on_inner_reply(const std::shared_ptr<PipelineCall>& st, size_t index, Infer
   }
   for (CancelFn& c : cancels) c();
   if (ended)
-    if (auto owner = st->owner.lock()) owner->call_ended(ok, ns_since(st->start));
+    if (auto owner = st->owner.lock()) owner->call_ended(ok, ns_since(st->start), st->rows.size());
   if (out) st->reply(std::move(*out));
 }
 

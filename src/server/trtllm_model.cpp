@@ -326,7 +326,7 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
       std::vector<InferTensor> outs = trtllm_outputs(st->responses, st->requests, limits_, st->call.requested_outputs);
       --pending_;
       record(!st->cancelled, static_cast<uint64_t>((now - st->start).count()), chunk.queue_ns,
-             chunk.total_ns > chunk.queue_ns ? chunk.total_ns - chunk.queue_ns : 0);
+             chunk.total_ns > chunk.queue_ns ? chunk.total_ns - chunk.queue_ns : 0, st->requests.size());
       lock.unlock();
       st->reply(InferReply{st->call.model, version_, st->call.id, {}, std::move(outs), true});
     };
@@ -361,40 +361,46 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
   });
 }
 
-std::string TrtllmModel::metrics_text() const {
+void TrtllmModel::metrics(MetricsText& out) const {
+  Model::metrics(out);
+  using T = MetricsText::Type;
   const ExecutorStats s = executor_->stats();
   const std::string l = labels();
-  std::ostringstream os;
-  os << counters_text();
-  auto gauge = [&](const char* metric, const char* kind, const char* type, double v) {
-    os << metric << "{" << l << "," << kind << "=\"" << type << "\"} " << v << "\n";
+  auto gauge = [&](const char* family, const char* help, const char* kind, const char* type, double v) {
+    out.sample(family, T::kGauge, help, l + "," + kind + "=\"" + type + "\"", v);
   };
-  gauge("nv_trt_llm_request_metrics", "request_type", "active", static_cast<double>(s.active_requests));
-  gauge("nv_trt_llm_request_metrics", "request_type", "max", static_cast<double>(s.max_active_requests));
-  gauge("nv_trt_llm_request_metrics", "request_type", "scheduled", static_cast<double>(s.scheduled_requests));
-  gauge("nv_trt_llm_request_metrics", "request_type", "context", static_cast<double>(s.context_requests));
-  gauge("nv_trt_llm_request_metrics", "request_type", "waiting", static_cast<double>(s.queued_requests));
-  gauge("nv_trt_llm_kv_cache_block_metrics", "kv_cache_block_type", "max", static_cast<double>(s.kv.max_blocks));
-  gauge("nv_trt_llm_kv_cache_block_metrics", "kv_cache_block_type", "free", static_cast<double>(s.kv.free_blocks));
-  gauge("nv_trt_llm_kv_cache_block_metrics", "kv_cache_block_type", "used", static_cast<double>(s.kv.used_blocks));
-  gauge("nv_trt_llm_kv_cache_block_metrics", "kv_cache_block_type", "tokens_per", static_cast<double>(s.kv.tokens_per_block));
-  gauge("nv_trt_llm_kv_cache_block_metrics", "kv_cache_block_type", "reused", static_cast<double>(s.kv.reused_blocks));
-  gauge("nv_trt_llm_kv_cache_block_metrics", "kv_cache_block_type", "fraction",
+  const char* req = "TRT LLM request metrics";
+  gauge("nv_trt_llm_request_metrics", req, "request_type", "active", static_cast<double>(s.active_requests));
+  gauge("nv_trt_llm_request_metrics", req, "request_type", "max", static_cast<double>(s.max_active_requests));
+  gauge("nv_trt_llm_request_metrics", req, "request_type", "scheduled", static_cast<double>(s.scheduled_requests));
+  gauge("nv_trt_llm_request_metrics", req, "request_type", "context", static_cast<double>(s.context_requests));
+  gauge("nv_trt_llm_request_metrics", req, "request_type", "waiting", static_cast<double>(s.queued_requests));
+  const char* kv = "TRT LLM KV cache block metrics";
+  gauge("nv_trt_llm_kv_cache_block_metrics", kv, "kv_cache_block_type", "max", static_cast<double>(s.kv.max_blocks));
+  gauge("nv_trt_llm_kv_cache_block_metrics", kv, "kv_cache_block_type", "free", static_cast<double>(s.kv.free_blocks));
+  gauge("nv_trt_llm_kv_cache_block_metrics", kv, "kv_cache_block_type", "used", static_cast<double>(s.kv.used_blocks));
+  gauge("nv_trt_llm_kv_cache_block_metrics", kv, "kv_cache_block_type", "tokens_per",
+        static_cast<double>(s.kv.tokens_per_block));
+  gauge("nv_trt_llm_kv_cache_block_metrics", kv, "kv_cache_block_type", "reused", static_cast<double>(s.kv.reused_blocks));
+  gauge("nv_trt_llm_kv_cache_block_metrics", kv, "kv_cache_block_type", "fraction",
         s.kv.max_blocks ? static_cast<double>(s.kv.used_blocks) / static_cast<double>(s.kv.max_blocks) : 0.0);
-  gauge("nv_trt_llm_inflight_batcher_metrics", "inflight_batcher_specific_metric", "total_context_tokens",
-        static_cast<double>(s.context_tokens));
-  gauge("nv_trt_llm_inflight_batcher_metrics", "inflight_batcher_specific_metric", "generation_requests",
+  const char* ifb = "TRT LLM inflight batcher metrics";
+  const char* ifb_kind = "inflight_batcher_specific_metric";
+  gauge("nv_trt_llm_inflight_batcher_metrics", ifb, ifb_kind, "total_context_tokens", static_cast<double>(s.context_tokens));
+  gauge("nv_trt_llm_inflight_batcher_metrics", ifb, ifb_kind, "generation_requests",
         static_cast<double>(s.generation_requests));
-  gauge("nv_trt_llm_inflight_batcher_metrics", "inflight_batcher_specific_metric", "micro_batch_id", 0.0);
-  gauge("nv_trt_llm_inflight_batcher_metrics", "inflight_batcher_specific_metric", "paused_requests",
-        static_cast<double>(s.paused_requests));
-  gauge("nv_trt_llm_general_metrics", "general_type", "iteration_counter", static_cast<double>(s.iterations));
-  gauge("nv_trt_llm_general_metrics", "general_type", "timestamp",
+  gauge("nv_trt_llm_inflight_batcher_metrics", ifb, ifb_kind, "micro_batch_id", 0.0);
+  gauge("nv_trt_llm_inflight_batcher_metrics", ifb, ifb_kind, "paused_requests", static_cast<double>(s.paused_requests));
+  const char* gen = "General TRT LLM metrics";
+  gauge("nv_trt_llm_general_metrics", gen, "general_type", "iteration_counter", static_cast<double>(s.iterations));
+  gauge("nv_trt_llm_general_metrics", gen, "general_type", "timestamp",
         static_cast<double>(std::chrono::duration_cast<std::chrono::microseconds>(
                                 std::chrono::system_clock::now().time_since_epoch()).count()));
-  os << input_tokens_.text("nv_llm_input_token_len", l) << output_tokens_.text("nv_llm_output_token_len", l)
-     << ttft_ms_.text("kiln_time_to_first_token_ms", l) << itl_ms_.text("kiln_inter_token_latency_ms", l);
-  return os.str();
+  input_tokens_.write(out, "nv_llm_input_token_len", "Distribution of input token lengths", l);
+  output_tokens_.write(out, "nv_llm_output_token_len", "Distribution of output token lengths", l);
+  ttft_ms_.write(out, "kiln_time_to_first_token_ms",
+                 "Time from a request's arrival to its first generated token, in milliseconds", l);
+  itl_ms_.write(out, "kiln_inter_token_latency_ms", "Time between generated tokens of a request, in milliseconds", l);
 }
 
 }  // namespace kiln::server

@@ -278,7 +278,9 @@ std::vector<InferTensor> trtllm_outputs(std::span<const Response> responses, std
     const Response& r = responses[b];
     for (size_t k = 0; k < r.output_ids.size(); ++k) {
       std::copy(r.output_ids[k].begin(), r.output_ids[k].end(), ids.begin() + (b * beams + k) * len);
-      seq_len[b * beams + k] = k < r.sequence_lengths.size() ? r.sequence_lengths[k] : static_cast<int32_t>(r.output_ids[k].size());
+      // A streamed delta's sequence_length counts the ids in this response (as the TensorRT-LLM backend).
+      seq_len[b * beams + k] = !r.is_delta && k < r.sequence_lengths.size() ? r.sequence_lengths[k]
+                                                                            : static_cast<int32_t>(r.output_ids[k].size());
       if (k < r.cum_log_probs.size()) cum[b * beams + k] = r.cum_log_probs[k];
       if (k < r.output_log_probs.size())
         std::copy(r.output_log_probs[k].begin(), r.output_log_probs[k].end(), lps.begin() + (b * beams + k) * len);

@@ -90,6 +90,8 @@ class GrpcFrontendTest : public ::testing::Test {
     ServerOptions o;
     o.model_repository = repo;
     o.max_request_bytes = 1 << 20;
+    o.control_mode = ModelControlMode::kExplicit;  // the repository API is exercised
+    o.load_models = {"*"};
     o.shutdown_timeout = std::chrono::seconds(5);
     auto core = ServerCore::create(o);
     KILN_CHECK(core.ok(), core.status().to_string());

@@ -276,6 +276,8 @@ class HttpFrontendTest : public ::testing::Test {
     ServerOptions o;
     o.model_repository = repo;
     o.max_request_bytes = kBodyCap;
+    o.control_mode = ModelControlMode::kExplicit;  // the repository API is exercised
+    o.load_models = {"*"};
     o.shutdown_timeout = std::chrono::seconds(5);
     auto core = ServerCore::create(o);
     KILN_CHECK(core.ok(), core.status().to_string());
