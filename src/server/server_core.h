@@ -51,7 +51,7 @@ struct TensorMetadata {
 struct ModelMetadata {
   std::string name;
   std::vector<std::string> versions;
-  std::string platform;  // "tensorrt_llm", "kiln_text", "ensemble"
+  std::string platform;  // tensorrt_llm models: their backend ("tensorrtllm"); "kiln_text"; "ensemble"
   std::vector<TensorMetadata> inputs, outputs;
 };
 

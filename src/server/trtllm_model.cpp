@@ -197,7 +197,7 @@ ModelMetadata TrtllmModel::metadata() const {
   ModelMetadata md;
   md.name = name_;
   md.versions = {version_};
-  md.platform = "tensorrt_llm";
+  md.platform = config_->backend().empty() ? "tensorrtllm" : config_->backend();  // as Triton: the backend
   const inference::ModelConfig& c = *config_;
   auto dims = [&](const google::protobuf::RepeatedField<int64_t>& d) {
     std::vector<int64_t> v(d.begin(), d.end());

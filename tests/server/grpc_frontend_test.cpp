@@ -266,7 +266,7 @@ TEST_F(GrpcFrontendTest, ModelMetadataReadyAndConfig) {
     inference::ModelMetadataResponse r;
     ASSERT_TRUE(stub().ModelMetadata(&ctx, req, &r).ok());
     EXPECT_EQ(r.name(), "tensorrt_llm");
-    EXPECT_EQ(r.platform(), "tensorrt_llm");
+    EXPECT_EQ(r.platform(), "tensorrtllm");  // the backend, as Triton reports it
     ASSERT_EQ(r.versions_size(), 1);
     EXPECT_EQ(r.versions(0), "1");
     auto in = std::find_if(r.inputs().begin(), r.inputs().end(), [](const auto& t) { return t.name() == "input_ids"; });

@@ -324,7 +324,7 @@ TEST_F(HttpFrontendTest, ModelMetadataReadyAndConfig) {
     json j = r.body_json();
     EXPECT_EQ(j["name"], "tensorrt_llm");
     EXPECT_EQ(j["versions"], json({"1"}));
-    EXPECT_EQ(j["platform"], "tensorrt_llm");
+    EXPECT_EQ(j["platform"], "tensorrtllm");  // the backend, as Triton reports it
     ASSERT_FALSE(j["inputs"].empty());
     EXPECT_EQ(j["inputs"][0]["name"], "input_ids");
     EXPECT_EQ(j["inputs"][0]["datatype"], "INT32");
