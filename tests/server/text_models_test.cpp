@@ -385,7 +385,18 @@ TEST_F(TextModelsTest, BatchOfPromptsGivesEachItsText) {
   EXPECT_EQ(*t->strings(), (std::vector<std::string>{a, b}));
 }
 
+// A counter of the server's metrics text for one model, e.g. counter("nv_inference_request_failure", "ensemble").
+double counter(const std::string& metric, const std::string& model) {
+  const std::string key = metric + "{model=\"" + model + "\",version=\"1\"} ";
+  const std::string text = fx->core->metrics_text();
+  const size_t at = text.find(key);
+  KILN_CHECK(at != std::string::npos, "no metric " + key);
+  return std::stod(text.substr(at + key.size(), text.find('\n', at) - at - key.size()));
+}
+
 TEST_F(TextModelsTest, ACancelledCallEndsWithAFinalReply) {
+  const double ok_before = counter("nv_inference_request_success", "tensorrt_llm_bls");
+  const double failed_before = counter("nv_inference_request_failure", "tensorrt_llm_bls");
   struct Wait {
     std::mutex mu;
     std::condition_variable cv;
@@ -411,6 +422,10 @@ TEST_F(TextModelsTest, ACancelledCallEndsWithAFinalReply) {
   (*cancel)();  // twice is harmless
   std::unique_lock<std::mutex> lock(w->mu);
   EXPECT_TRUE(w->cv.wait_for(lock, std::chrono::seconds(60), [&] { return w->done; }));
+  lock.unlock();
+  // The client went away: a failure in the statistics, not a success (as the tensorrt_llm model counts it).
+  EXPECT_EQ(counter("nv_inference_request_success", "tensorrt_llm_bls"), ok_before);
+  EXPECT_EQ(counter("nv_inference_request_failure", "tensorrt_llm_bls"), failed_before + 1);
 }
 
 TEST_F(TextModelsTest, LogProbsComeThroughPerRow) {
@@ -486,6 +501,31 @@ TEST_F(TextModelsTest, PostprocessingAlone) {
   EXPECT_EQ(*t->strings(), std::vector<std::string>{*fx->tok->decode(ids, true)});
 }
 
+TEST_F(TextModelsTest, PostprocessingSkipsIdsTheTokenizerDoesNotKnow) {
+  // The engine's vocabulary (32064) is padded past the tokenizer's: such ids decode to nothing, as Hugging
+  // Face's decode (the Python postprocessing) skips them.
+  const std::vector<int32_t> ids = *fx->tok->encode(kPrompt, false);
+  ASSERT_GE(ids.size(), 2u);
+  std::vector<int32_t> with_unknown = {ids[0], fx->tok->vocab_size(), 32063};
+  with_unknown.insert(with_unknown.end(), ids.begin() + 1, ids.end());
+  InferCall c;
+  c.model = "postprocessing";
+  c.inputs = {InferTensor::make("TOKENS_BATCH", TensorType::kInt32,
+                                {1, 1, static_cast<int64_t>(with_unknown.size())}, with_unknown)};
+  Outcome o = call(std::move(c));
+  ASSERT_TRUE(o.error().ok()) << o.error().to_string();
+  const InferTensor* t = output(o.replies.back(), "OUTPUT");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(*t->strings(), std::vector<std::string>{*fx->tok->decode(ids, true)});
+  // A negative id is no token of any vocabulary: still refused.
+  c = InferCall();
+  c.model = "postprocessing";
+  c.inputs = {InferTensor::make("TOKENS_BATCH", TensorType::kInt32, {1, 1, 2}, std::vector<int32_t>{ids[0], -7})};
+  o = call(std::move(c));
+  EXPECT_EQ(o.error().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(o.error().message().find("-7"), std::string::npos) << o.error().message();
+}
+
 TEST_F(TextModelsTest, InvalidUtf8IsRefusedNamingTheInputAndOffset) {
   Outcome o = call(text_call("ensemble",
                              std::string("ab\xFF"
@@ -528,6 +568,13 @@ TEST_F(TextModelsTest, BadRequestsAreRefusedByName) {
   EXPECT_NE(s.message().find("decoupled"), std::string::npos) << s.message();
   c = text_call("ensemble", kPrompt, 0);
   EXPECT_NE(error_of(c).message().find("max_tokens"), std::string::npos);
+  for (const char* model : {"ensemble", "tensorrt_llm_bls"}) {  // an empty prompt, before BOS is added
+    c = text_call(model, "", 4);
+    c.stream = true;
+    s = error_of(c);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << model;
+    EXPECT_NE(s.message().find("'text_input' is empty"), std::string::npos) << s.message();
+  }
   c = text_call("ensemble", kPrompt, 4);
   c.inputs.push_back(i32("lora_task_id", 1));
   EXPECT_EQ(error_of(c).code(), StatusCode::kUnimplemented);
