@@ -12,6 +12,7 @@
 // REPO is a repository whose tensorrt_llm model is decoupled (kiln repo init --decoupled); the in-process
 // executor is made from the same engine and the same executor parameters.
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -19,6 +20,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <latch>
 #include <mutex>
 #include <random>
 #include <string>
@@ -45,6 +47,14 @@ double pct(std::vector<double> v, double p) {
 
 double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
+// CPU seconds this process has used (all threads: engine, compute pool, server and client).
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
 struct Workload {
   std::vector<std::vector<int32_t>> prompts;
   int output = 0;
@@ -62,13 +72,21 @@ Workload make_workload(int n, int input, int output, int64_t vocab, uint32_t see
 }
 
 struct RunResult {
-  double seconds = 0, tokens = 0;
+  double seconds = 0, tokens = 0, cpu = 0, iterations = 0;
   std::vector<double> latency_ms;  // per request: sent -> final response
   int errors = 0;
   double tokens_per_s() const { return tokens / seconds; }
 };
 
 // ---- in process ---------------------------------------------------------------------------------------------
+
+// The server's engine iterations so far (its metrics' iteration counter).
+double server_iterations(const server::ServerCore& core) {
+  const std::string text = core.metrics_text();
+  const std::string key = "general_type=\"iteration_counter\"} ";
+  const size_t at = text.find(key);
+  return at == std::string::npos ? 0 : std::stod(text.substr(at + key.size()));
+}
 
 RunResult run_in_process(Executor& ex, const Workload& w) {
   std::mutex mu;
@@ -131,12 +149,12 @@ bool is_final(const inference::ModelStreamInferResponse& m) {
 
 // Reads one request's responses up to its final one: the output tokens received, or -1 on an error.
 template <typename Stream>
-double read_until_final(Stream& stream) {
+double read_until_final(Stream& stream, bool report_errors) {
   double tokens = 0;
   inference::ModelStreamInferResponse m;
   while (stream.Read(&m)) {
     if (!m.error_message().empty()) {
-      std::fprintf(stderr, "stream error: %s\n", m.error_message().c_str());
+      if (report_errors) std::fprintf(stderr, "stream error: %s\n", m.error_message().c_str());
       return -1;
     }
     for (int i = 0; i < m.infer_response().outputs_size(); ++i)
@@ -159,10 +177,10 @@ class ClientStream {
   }
   // Sends one request and reads its responses; returns the latency (ms) from the write to the final
   // response, and the tokens received (-1: an error).
-  std::pair<double, double> request(const inference::ModelInferRequest& req) {
+  std::pair<double, double> request(const inference::ModelInferRequest& req, bool report_errors = true) {
     const auto sent = Clock::now();
     if (!stream_->Write(req)) return {ms_since(sent), -1};
-    const double tokens = read_until_final(*stream_);
+    const double tokens = read_until_final(*stream_, report_errors);
     return {ms_since(sent), tokens};
   }
 
@@ -178,9 +196,12 @@ RunResult run_grpc(inference::GRPCInferenceService::Stub& stub, const Workload& 
   std::mutex mu;
   std::vector<std::thread> threads;
   const auto t0 = Clock::now();
+  // Every client opens its stream first; then all send at once, a burst like the in-process one.
+  std::latch opened(static_cast<std::ptrdiff_t>(reqs.size()));
   for (size_t i = 0; i < reqs.size(); ++i)
     threads.emplace_back([&, i] {
       ClientStream stream(stub);  // a stream per concurrent client
+      opened.arrive_and_wait();
       const auto [ms, tokens] = stream.request(reqs[i]);
       std::lock_guard<std::mutex> lock(mu);
       if (tokens < 0) ++res.errors;
@@ -210,6 +231,9 @@ int main(int argc, char** argv) {
   const int input = flag(argc, argv, "--input", 128), output = flag(argc, argv, "--output", 128);
   const int concurrency = flag(argc, argv, "--concurrency", 64), reps = flag(argc, argv, "--reps", 3);
   const int overhead_n = flag(argc, argv, "--overhead_requests", 200);
+  std::string mode = "both";  // --mode local|grpc: one side only (for profiling)
+  for (int i = 2; i + 1 < argc; ++i)
+    if (!std::strcmp(argv[i], "--mode")) mode = argv[i + 1];
 
   // The server: gRPC only, on a free loopback port.
   server::ServerOptions so;
@@ -257,20 +281,38 @@ int main(int argc, char** argv) {
   // 1. Throughput, alternating modes.
   std::printf("\n%d concurrent requests, %d tokens in, %d out (end id off), best of %d, modes alternating\n",
               concurrency, input, output, reps);
-  std::printf("%-12s %9s %11s %14s %14s %14s %7s\n", "mode", "seconds", "out tok/s", "latency p50", "latency p90",
-              "latency p99", "errors");
+  std::printf("%-12s %9s %11s %14s %14s %14s %7s %9s %11s\n", "mode", "seconds", "out tok/s", "latency p50",
+              "latency p90", "latency p99", "errors", "CPU s", "iterations");
   RunResult best_local, best_grpc;
   for (int r = 0; r < reps; ++r) {
     const Workload w = make_workload(concurrency, input, output, vocab, 100 + r);
-    RunResult a = run_in_process(**ex, w);
-    RunResult b = run_grpc(*stub, w);
+    RunResult a, b;
+    if (mode != "grpc") {
+      const double c0 = cpu_seconds(), i0 = static_cast<double>((*ex)->stats().iterations);
+      a = run_in_process(**ex, w);
+      a.cpu = cpu_seconds() - c0;
+      a.iterations = static_cast<double>((*ex)->stats().iterations) - i0;
+    }
+    if (mode != "local") {
+      const double c0 = cpu_seconds(), i0 = server_iterations(**core);
+      b = run_grpc(*stub, w);
+      b.cpu = cpu_seconds() - c0;
+      b.iterations = server_iterations(**core) - i0;
+    }
+    if (mode == "local" || mode == "grpc") {
+      const RunResult& x = mode == "local" ? a : b;
+      std::printf("  rep %d (%s only): %.1f tok/s, %.2f CPU s, %.0f iterations\n", r, mode.c_str(), x.tokens_per_s(),
+                  x.cpu, x.iterations);
+      continue;
+    }
     if (r == 0 || a.tokens_per_s() > best_local.tokens_per_s()) best_local = a;
     if (r == 0 || b.tokens_per_s() > best_grpc.tokens_per_s()) best_grpc = b;
     std::printf("  rep %d: in process %.1f tok/s, gRPC %.1f tok/s\n", r, a.tokens_per_s(), b.tokens_per_s());
   }
+  if (mode == "local" || mode == "grpc") return 0;
   auto row = [](const char* mode, const RunResult& x) {
-    std::printf("%-12s %9.2f %11.1f %12.1fms %12.1fms %12.1fms %7d\n", mode, x.seconds, x.tokens_per_s(),
-                pct(x.latency_ms, 0.5), pct(x.latency_ms, 0.9), pct(x.latency_ms, 0.99), x.errors);
+    std::printf("%-12s %9.2f %11.1f %12.1fms %12.1fms %12.1fms %7d %9.2f %11.0f\n", mode, x.seconds, x.tokens_per_s(),
+                pct(x.latency_ms, 0.5), pct(x.latency_ms, 0.9), pct(x.latency_ms, 0.99), x.errors, x.cpu, x.iterations);
   };
   row("in process", best_local);
   row("gRPC stream", best_grpc);
@@ -292,8 +334,27 @@ int main(int argc, char** argv) {
       grpc_ms.push_back(ms);
     }
   }
+  // The transport's own floor on this machine: a unary ServerLive call, and a stream request answered at
+  // once without the engine (an unknown model's error response).
+  std::vector<double> live_ms, stream_floor_ms;
+  {
+    ClientStream stream(*stub);
+    inference::ModelInferRequest unknown = grpc_request(tiny.prompts[0], 1);
+    unknown.set_model_name("no_such_model");
+    for (int i = 0; i < overhead_n; ++i) {
+      grpc::ClientContext ctx;
+      inference::ServerLiveRequest lreq;
+      inference::ServerLiveResponse lresp;
+      const auto t = Clock::now();
+      stub->ServerLive(&ctx, lreq, &lresp);
+      live_ms.push_back(ms_since(t));
+      stream_floor_ms.push_back(stream.request(unknown, false).first);
+    }
+  }
+  std::printf("\ngRPC floor on this machine: unary ServerLive p50 %.3f ms; a stream request answered without the "
+              "engine p50 %.3f ms\n", pct(live_ms, 0.5), pct(stream_floor_ms, 0.5));
   const double added = pct(grpc_ms, 0.5) - pct(local_ms, 0.5);
-  std::printf("\nidle round trip, 8 tokens in, 1 out, %d requests each: in process p50 %.3f ms, gRPC stream p50 "
+  std::printf("idle round trip, 8 tokens in, 1 out, %d requests each: in process p50 %.3f ms, gRPC stream p50 "
               "%.3f ms (p90 %.3f ms): the server adds %.3f ms at p50 (target < 0.5 ms)\n",
               overhead_n, pct(local_ms, 0.5), pct(grpc_ms, 0.5), pct(grpc_ms, 0.9), added);
   (*ex)->shutdown();
