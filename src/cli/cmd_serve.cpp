@@ -1,4 +1,5 @@
 // kiln serve: the Triton-compatible server (gRPC 8001, HTTP 8000, metrics 8002) over a model repository.
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 
@@ -22,7 +23,9 @@ int cmd_serve(const std::vector<std::string>& argv) {
   const std::vector<FlagSpec> specs = {
       {"model_repo", true, "model repository folder (Triton's layout: NAME/config.pbtxt, NAME/1/)"},
       {"model-repository", true, "same as --model_repo (tritonserver's spelling)"},
-      {"model-control-mode", true, "none (load all at start, default) | explicit (--load-model, repository API)"},
+      {"model-control-mode", true,
+       "none (load all at start, default) | explicit (--load-model, repository API) | poll (follow the folder)"},
+      {"repository-poll-secs", true, "poll mode: seconds between scans of the repository (15)"},
       {"load-model", true, "model to load at start in explicit mode, or * (repeatable)"},
       {"http-port", true, "HTTP/REST port (8000; 0 = any free port; -1 = off)"},
       {"grpc-port", true, "gRPC port (8001)"},
@@ -49,6 +52,10 @@ int cmd_serve(const std::vector<std::string>& argv) {
       else return invalid_argument("--model-control-mode '" + *m + "': expected none, explicit or poll");
     }
     o.load_models = a.get_all("load-model");
+    KILN_ASSIGN_OR_RETURN(int64_t poll_secs, a.get_int("repository-poll-secs", 15));
+    if (a.has("repository-poll-secs") && o.control_mode != server::ModelControlMode::kPoll)
+      return invalid_argument("--repository-poll-secs needs --model-control-mode poll");
+    o.repository_poll = std::chrono::seconds(std::clamp<int64_t>(poll_secs, 0, 86400));
     KILN_ASSIGN_OR_RETURN(int64_t http, a.get_int("http-port", 8000));
     KILN_ASSIGN_OR_RETURN(int64_t grpc, a.get_int("grpc-port", 8001));
     KILN_ASSIGN_OR_RETURN(int64_t metrics, a.get_int("metrics-port", 8002));

@@ -18,8 +18,8 @@ Status ServerOptions::validate() const {
   std::error_code ec;
   if (!fs::is_directory(model_repository, ec))
     return not_found("model repository '" + model_repository + "' is not a directory");
-  if (control_mode == ModelControlMode::kPoll)
-    return unimplemented("--model-control-mode poll is not supported yet: use none or explicit");
+  if (control_mode == ModelControlMode::kPoll && repository_poll.count() < 1)
+    return invalid_argument("--repository-poll-secs must be at least 1");
   if (control_mode != ModelControlMode::kExplicit && !load_models.empty())
     return invalid_argument("--load-model needs --model-control-mode explicit");
   for (int port : {http_port, grpc_port, metrics_port})
@@ -69,7 +69,7 @@ Result<std::unique_ptr<ServerCore>> ServerCore::create(const ServerOptions& opti
   KILN_RETURN_IF_ERROR(options.validate());
   std::unique_ptr<ServerCore> core(new ServerCore(options));
   std::vector<std::string> names;
-  const bool all = options.control_mode == ModelControlMode::kNone ||
+  const bool all = options.control_mode != ModelControlMode::kExplicit ||
                    std::find(options.load_models.begin(), options.load_models.end(), "*") != options.load_models.end();
   if (all) names = folders_with_config(options.model_repository);
   else names = options.load_models;
@@ -77,7 +77,63 @@ Result<std::unique_ptr<ServerCore>> ServerCore::create(const ServerOptions& opti
     Status s = core->load(name);
     if (!s.ok()) std::fprintf(stderr, "kiln serve: model '%s' not loaded: %s\n", name.c_str(), s.message().c_str());
   }
+  if (options.control_mode == ModelControlMode::kPoll) {
+    ServerCore* c = core.get();
+    core->poller_ = std::thread([c] {
+      std::unique_lock<std::mutex> lock(c->poll_mu_);
+      while (!c->poll_cv_.wait_for(lock, c->options_.repository_poll, [c] { return c->stopping_.load(); })) {
+        lock.unlock();
+        c->poll_repository();
+        lock.lock();
+      }
+    });
+  }
   return core;
+}
+
+fs::file_time_type ServerCore::model_signature(const std::string& name) const {
+  // The newest modification time of config.pbtxt, the version folder and the files directly in it: an engine
+  // or tokenizer rewritten in place, a file added or removed, or an edited config all change it.
+  std::error_code ec;
+  const fs::path dir = fs::path(options_.model_repository) / name;
+  fs::file_time_type newest = fs::last_write_time(dir / "config.pbtxt", ec);
+  for (const fs::path& p : {dir, dir / "1"}) {
+    if (auto t = fs::last_write_time(p, ec); !ec && t > newest) newest = t;
+  }
+  for (const auto& e : fs::directory_iterator(dir / "1", ec))
+    if (auto t = fs::last_write_time(e.path(), ec); !ec && t > newest) newest = t;
+  return newest;
+}
+
+void ServerCore::poll_repository() {
+  const std::vector<std::string> present = folders_with_config(options_.model_repository);
+  std::vector<std::string> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [name, m] : models_)
+      if (!std::binary_search(present.begin(), present.end(), name)) gone.push_back(name);
+    for (const auto& [name, why] : failed_)
+      if (!std::binary_search(present.begin(), present.end(), name)) gone.push_back(name);
+  }
+  for (const std::string& name : gone) {
+    std::fprintf(stderr, "kiln serve: poll: model folder '%s' is gone\n", name.c_str());
+    (void)unload(name);
+    std::lock_guard<std::mutex> lock(mu_);
+    failed_.erase(name);
+    seen_.erase(name);
+  }
+  for (const std::string& name : present) {
+    if (stopping_) return;
+    const fs::file_time_type sig = model_signature(name);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = seen_.find(name);
+      if (it != seen_.end() && it->second == sig) continue;
+    }
+    std::fprintf(stderr, "kiln serve: poll: model '%s' is new or changed: loading\n", name.c_str());
+    Status s = load(name);
+    if (!s.ok()) std::fprintf(stderr, "kiln serve: model '%s' not loaded: %s\n", name.c_str(), s.message().c_str());
+  }
 }
 
 ServerCore::~ServerCore() { shutdown(std::chrono::seconds(0)); }
@@ -140,6 +196,9 @@ std::vector<ModelStatus> ServerCore::repository_index(bool ready_only) const {
 }
 
 Status ServerCore::check_repository_api() const {
+  if (options_.control_mode == ModelControlMode::kPoll)
+    return unavailable("explicit model load / unload is not allowed while the repository is polled "
+                       "(--model-control-mode poll)");
   if (options_.control_mode != ModelControlMode::kExplicit)
     return unavailable("explicit model load / unload is not allowed: start kiln serve with "
                        "--model-control-mode explicit");
@@ -158,12 +217,15 @@ Status ServerCore::load(const std::string& name) {
   std::error_code ec;
   if (!fs::exists(fs::path(options_.model_repository) / name / "config.pbtxt", ec))
     return not_found("no model '" + name + "' in the repository");
+  const fs::file_time_type sig = model_signature(name);  // before reading: a change during the load shows next time
   auto m = load_folder(*this, options_.model_repository, name);
   std::shared_ptr<Model> old;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    seen_[name] = sig;
     if (!m.ok()) {
-      failed_[name] = m.status().message();
+      // A failed reload leaves the loaded instance serving (it is still READY); a first load records why.
+      if (!models_.count(name)) failed_[name] = m.status().message();
       return m.status();
     }
     failed_.erase(name);
@@ -179,6 +241,10 @@ Status ServerCore::load(const std::string& name) {
 Status ServerCore::unload_model(const std::string& name) {
   KILN_RETURN_IF_ERROR(check_model_name(name));
   KILN_RETURN_IF_ERROR(check_repository_api());
+  return unload(name);
+}
+
+Status ServerCore::unload(const std::string& name) {
   std::shared_ptr<Model> m;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -250,7 +316,12 @@ std::string ServerCore::metrics_text() const {
 }
 
 void ServerCore::shutdown(std::chrono::seconds timeout) {
-  if (stopping_.exchange(true)) return;
+  {
+    std::lock_guard<std::mutex> lock(poll_mu_);  // the poller sees stopping_ under its lock: no lost wake-up
+    if (stopping_.exchange(true)) return;
+  }
+  poll_cv_.notify_all();
+  if (poller_.joinable()) poller_.join();
   std::map<std::string, std::shared_ptr<Model>> models;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -12,6 +14,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <variant>
 #include <vector>
 
@@ -37,6 +40,7 @@ struct ServerOptions {
   int max_json_depth = 64;
   uint64_t max_header_bytes = 16 << 10;
   std::chrono::seconds shutdown_timeout{30};  // SIGTERM: in-flight requests get this long to finish
+  std::chrono::seconds repository_poll{15};   // poll mode: time between scans of the repository
   Status validate() const;
 };
 
@@ -148,6 +152,10 @@ class ServerCore {
   Result<std::shared_ptr<Model>> find(const std::string& name, const std::string& version) const;
   Status check_repository_api() const;
   Status load(const std::string& name);  // (re)loads a model folder, whatever the control mode
+  Status unload(const std::string& name);
+  // Poll mode: loads models that appeared or changed and unloads those whose folder went away.
+  void poll_repository();
+  std::filesystem::file_time_type model_signature(const std::string& name) const;
 
   ServerOptions options_;
   std::atomic<int> log_verbose_;
@@ -155,6 +163,11 @@ class ServerCore {
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Model>> models_;  // loaded, by name
   std::map<std::string, std::string> failed_;             // name -> why it did not load
+  // Poll mode: what each folder looked like when it was last (re)loaded, and the scanning thread.
+  std::map<std::string, std::filesystem::file_time_type> seen_;
+  std::mutex poll_mu_;
+  std::condition_variable poll_cv_;
+  std::thread poller_;
 };
 
 }  // namespace kiln::server
