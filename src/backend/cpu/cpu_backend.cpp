@@ -22,8 +22,13 @@ Result<DeviceBuffer> CpuBackend::allocate(size_t bytes) {
   return DeviceBuffer{std::shared_ptr<void>(p, std::free), bytes};
 }
 
-void CpuBackend::upload(const void* host, const Tensor& dst) { std::memcpy(dst.data, host, dst.nbytes()); }
-void CpuBackend::download(const Tensor& src, void* host) { std::memcpy(host, src.data, src.nbytes()); }
+// (An empty tensor may come with null pointers, which memcpy must never see.)
+void CpuBackend::upload(const void* host, const Tensor& dst) {
+  if (dst.nbytes() > 0) std::memcpy(dst.data, host, dst.nbytes());
+}
+void CpuBackend::download(const Tensor& src, void* host) {
+  if (src.nbytes() > 0) std::memcpy(host, src.data, src.nbytes());
+}
 
 Result<Tensor> CpuBackend::adopt_weight(const Tensor& host, std::shared_ptr<void> /*keep_alive*/) {
   // The engine file stays mapped for the model's life; the CPU reads weights in place.
