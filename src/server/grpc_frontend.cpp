@@ -1,6 +1,5 @@
 #include "server/grpc_frontend.h"
 
-#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -358,7 +357,7 @@ struct StreamShared {
   // it collected and the next write or the Finish that the new state calls for. A write or Finish is decided
   // under the lock, so only one thread ever starts one; after Finish the reactor is never touched again.
   template <typename F>
-  void update(F&& change, bool on_grpc_thread = true) {
+  void update(F&& change) {
     std::vector<CancelFn> cancels;
     const ModelStreamInferResponse* write = nullptr;
     std::optional<grpc::Status> finish;
@@ -379,32 +378,16 @@ struct StreamShared {
       }
     }
     for (CancelFn& fn : cancels) fn();
-    if (write) {
-      if (on_grpc_thread) r->StartWrite(write);
-      else start_write_on_grpc_thread(r, write);
-    }
+    if (write) r->StartWrite(write);
     if (finish) r->Finish(*finish);
   }
 
-  // A write started on a thread gRPC does not own (a model's reply thread) took ~0.2 ms to reach the client
-  // here, twice a whole stream round trip when gRPC's own thread writes (bench/server_bench); so it hops onto
-  // a gRPC thread through an alarm that fires at once. `writing` is already set: nothing else writes meanwhile.
-  static void start_write_on_grpc_thread(StreamReactorBase* r, const ModelStreamInferResponse* msg) {
-    auto* alarm = new grpc::Alarm();
-    alarm->Set(gpr_now(GPR_CLOCK_MONOTONIC), [alarm, r, msg](bool) {
-      r->StartWrite(msg);
-      delete alarm;
-    });
-  }
-
   // Queues `msg` (if any) and marks call `ended` as answered.
-  void push(std::optional<ModelStreamInferResponse> msg, std::optional<uint64_t> ended, bool on_grpc_thread = true) {
-    update(
-        [&](StreamShared& s, std::vector<CancelFn>&) {
-          if (ended) s.calls.erase(*ended);
-          if (msg && !s.finished && !s.cancelled) s.queue.push_back(std::move(*msg));
-        },
-        on_grpc_thread);
+  void push(std::optional<ModelStreamInferResponse> msg, std::optional<uint64_t> ended) {
+    update([&](StreamShared& s, std::vector<CancelFn>&) {
+      if (ended) s.calls.erase(*ended);
+      if (msg && !s.finished && !s.cancelled) s.queue.push_back(std::move(*msg));
+    });
   }
 
   // Shutdown: the stream ends once nothing is in flight; requests it still sends are refused.
@@ -551,7 +534,7 @@ class StreamInferReactor : public StreamReactorBase {
     std::shared_ptr<StreamShared> shared = shared_;
     Result<CancelFn> started = impl_.core.infer(std::move(*call), [shared, key, empty_final](InferReply reply) {
       const std::optional<uint64_t> ended = reply.final ? std::optional<uint64_t>(key) : std::nullopt;
-      shared->push(stream_response(reply, empty_final), ended, /*on_grpc_thread=*/false);  // a model's thread
+      shared->push(stream_response(reply, empty_final), ended);
     });
     CancelFn cancel_now;
     {
