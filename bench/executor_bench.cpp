@@ -14,19 +14,15 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "bench_stats.h"
 #include "executor/executor.h"
 #include "model/engine.h"
 
 using namespace kiln;
 using Clock = std::chrono::steady_clock;
+using kiln::bench::percentile;
 
 namespace {
-
-double pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
-}
 
 struct Run {
   double seconds = 0, tokens_per_s = 0;
@@ -143,8 +139,8 @@ int main(int argc, char** argv) {
     }
     if (c == levels.front()) single = best.tokens_per_s;
     std::printf("%-11d %9.2f %12.1f %8.2f %8.1fms %8.1fms %8.1fms %8.1fms %8.1fms\n", c, best.seconds,
-                best.tokens_per_s, best.tokens_per_s / single, pct(best.ttft_ms, 0.5), pct(best.ttft_ms, 0.99),
-                pct(best.itl_ms, 0.5), pct(best.itl_ms, 0.9), pct(best.itl_ms, 0.99));
+                best.tokens_per_s, best.tokens_per_s / single, percentile(best.ttft_ms, 0.5), percentile(best.ttft_ms, 0.99),
+                percentile(best.itl_ms, 0.5), percentile(best.itl_ms, 0.9), percentile(best.itl_ms, 0.99));
     std::fflush(stdout);
   }
   (*ex)->shutdown();

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "bench_stats.h"
 #include "executor/executor.h"
 #include "grpc_service.grpc.pb.h"
 #include "model/engine.h"
@@ -36,14 +37,9 @@
 
 using namespace kiln;
 using Clock = std::chrono::steady_clock;
+using kiln::bench::percentile;
 
 namespace {
-
-double pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
-}
 
 double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
@@ -312,13 +308,13 @@ int main(int argc, char** argv) {
   if (mode == "local" || mode == "grpc") return 0;
   auto row = [](const char* mode, const RunResult& x) {
     std::printf("%-12s %9.2f %11.1f %12.1fms %12.1fms %12.1fms %7d %9.2f %11.0f\n", mode, x.seconds, x.tokens_per_s(),
-                pct(x.latency_ms, 0.5), pct(x.latency_ms, 0.9), pct(x.latency_ms, 0.99), x.errors, x.cpu, x.iterations);
+                percentile(x.latency_ms, 0.5), percentile(x.latency_ms, 0.9), percentile(x.latency_ms, 0.99), x.errors, x.cpu, x.iterations);
   };
   row("in process", best_local);
   row("gRPC stream", best_grpc);
   const double cost = 1.0 - best_grpc.tokens_per_s() / best_local.tokens_per_s();
   std::printf("server throughput cost: %.2f%% (target <= 5%%); p50 latency added under load: %.2f ms\n",
-              100.0 * cost, pct(best_grpc.latency_ms, 0.5) - pct(best_local.latency_ms, 0.5));
+              100.0 * cost, percentile(best_grpc.latency_ms, 0.5) - percentile(best_local.latency_ms, 0.5));
 
   // 2. Per-request overhead on an idle server: 1 token out of 8 in, one request at a time (gRPC: on one
   // open stream, as a client that keeps its stream).
@@ -352,11 +348,11 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("\ngRPC floor on this machine: unary ServerLive p50 %.3f ms; a stream request answered without the "
-              "engine p50 %.3f ms\n", pct(live_ms, 0.5), pct(stream_floor_ms, 0.5));
-  const double added = pct(grpc_ms, 0.5) - pct(local_ms, 0.5);
+              "engine p50 %.3f ms\n", percentile(live_ms, 0.5), percentile(stream_floor_ms, 0.5));
+  const double added = percentile(grpc_ms, 0.5) - percentile(local_ms, 0.5);
   std::printf("idle round trip, 8 tokens in, 1 out, %d requests each: in process p50 %.3f ms, gRPC stream p50 "
               "%.3f ms (p90 %.3f ms): the server adds %.3f ms at p50 (target < 0.5 ms)\n",
-              overhead_n, pct(local_ms, 0.5), pct(grpc_ms, 0.5), pct(grpc_ms, 0.9), added);
+              overhead_n, percentile(local_ms, 0.5), percentile(grpc_ms, 0.5), percentile(grpc_ms, 0.9), added);
   (*ex)->shutdown();
   (*fe)->shutdown();
   (*core)->shutdown(std::chrono::seconds(5));

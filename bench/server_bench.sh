@@ -6,17 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x build/server_bench ] || bash scripts/setup.sh
-WORK=${KILN_BENCH_DIR:-/tmp/kiln-bench}
-mkdir -p "$WORK"
-CKPT="$WORK/smollm2-bfloat16-ckpt"
-ENGINE="$WORK/smollm2-bfloat16-b64-engine"
-if [ ! -f "$CKPT/config.json" ]; then
-  build/kiln convert --random_weights --config bench/smollm2-135m.shape.json --dtype bfloat16 --output_dir "$CKPT" >/dev/null
-fi
-if [ ! -f "$ENGINE/rank0.engine" ]; then
-  build/kiln build --checkpoint_dir "$CKPT" --output_dir "$ENGINE" --max_batch_size 64 --max_input_len 128 \
-    --max_output_len 128 --max_num_tokens 2048 >/dev/null
-fi
+source bench/smollm2_engine.sh
 REPO="$WORK/server-bench-repo"
 rm -rf "$REPO"
 build/kiln repo init --engine_dir "$ENGINE" --output "$REPO" --decoupled >/dev/null

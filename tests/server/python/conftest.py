@@ -36,16 +36,20 @@ def workdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def tokenizer_dir(workdir):
-    """Phi-3's tokenizer (tokenizer.json is stored gzipped in the repository)."""
-    tok = os.path.join(workdir, "phi3-tokenizer")
+def write_phi3_tokenizer(parent):
+    """Phi-3's tokenizer folder under `parent` (tokenizer.json is stored gzipped in the repository)."""
+    tok = os.path.join(parent, "phi3-tokenizer")
     os.makedirs(tok)
     with gzip.open(os.path.join(DATA, "tokenizers", "phi3", "tokenizer.json.gz"), "rb") as src, \
             open(os.path.join(tok, "tokenizer.json"), "wb") as dst:
         shutil.copyfileobj(src, dst)
     shutil.copy(os.path.join(DATA, "tokenizers", "phi3", "tokenizer_config.json"), tok)
     return tok
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(workdir):
+    return write_phi3_tokenizer(workdir)
 
 
 @pytest.fixture(scope="session")

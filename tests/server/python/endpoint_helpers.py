@@ -235,3 +235,15 @@ def check_histogram(samples, name, **labels):
     assert count == buckets["+Inf"], (count, buckets["+Inf"])
     assert total is not None and total >= 0
     return count, total
+
+
+def shared_memory_calls(client):
+    """Every shared-memory call of a tritonclient (gRPC or HTTP), by name: each must be refused."""
+    return {
+        "system status": lambda: client.get_system_shared_memory_status(),
+        "system register": lambda: client.register_system_shared_memory("region", "/kiln_shm_test", 64),
+        "system unregister": lambda: client.unregister_system_shared_memory("region"),
+        "cuda status": lambda: client.get_cuda_shared_memory_status(),
+        "cuda register": lambda: client.register_cuda_shared_memory("region", b"\0" * 64, 0, 64),
+        "cuda unregister": lambda: client.unregister_cuda_shared_memory("region"),
+    }

@@ -574,14 +574,7 @@ def test_log_file_from_the_network_is_refused(client, server):
 # ---- shared memory -----------------------------------------------------------------------------------------------
 
 def test_shared_memory_calls_are_unsupported(client):
-    calls = {
-        "system status": lambda: client.get_system_shared_memory_status(),
-        "system register": lambda: client.register_system_shared_memory("region", "/kiln_shm_test", 64),
-        "system unregister": lambda: client.unregister_system_shared_memory("region"),
-        "cuda status": lambda: client.get_cuda_shared_memory_status(),
-        "cuda register": lambda: client.register_cuda_shared_memory("region", b"\0" * 64, 0, 64),
-        "cuda unregister": lambda: client.unregister_cuda_shared_memory("region"),
-    }
+    calls = eh.shared_memory_calls(client)
     for what, call in calls.items():
         with pytest.raises(InferenceServerException) as e:
             call()

@@ -9,7 +9,6 @@ repository, the committed copies in tests/data/server/ are used instead.
 Run by pytest (scripts/test.sh; the binary is $KILN_BIN, default build/kiln), or by hand:
 python test_seed_client.py KILN_BINARY
 """
-import gzip
 import os
 import re
 import shutil
@@ -20,6 +19,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from conftest import write_phi3_tokenizer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 DATA = os.path.join(ROOT, "tests", "data")
@@ -54,13 +55,8 @@ def wait_ready(port, proc, timeout=120):
 def run_seed_client(kiln):
     tmp = tempfile.mkdtemp(prefix="kiln_seed_")
     try:
-        # The seed's tokenizer is Phi-3's: the fixture copy (tokenizer.json is stored gzipped).
-        tok = os.path.join(tmp, "phi3-tokenizer")
-        os.makedirs(tok)
-        with gzip.open(os.path.join(DATA, "tokenizers", "phi3", "tokenizer.json.gz"), "rb") as src, \
-                open(os.path.join(tok, "tokenizer.json"), "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        shutil.copy(os.path.join(DATA, "tokenizers", "phi3", "tokenizer_config.json"), tok)
+        # The seed's tokenizer is Phi-3's: the fixture copy.
+        tok = write_phi3_tokenizer(tmp)
 
         have_seed = os.path.exists(SEED)
         if have_seed:
