@@ -57,27 +57,31 @@ void Model::metrics(MetricsText& out) const {
              l, static_cast<double>(pending_));
 }
 
+std::optional<std::string> resolve_model_path(const std::string& model_dir, const std::string& name,
+                                              const std::string& path) {
+  const fs::path p(path), dir(model_dir);
+  std::error_code ec;
+  if (fs::is_directory(p, ec)) return p.string();
+  if (p.is_relative() && fs::is_directory(dir / p, ec)) return (dir / p).string();
+  // ".../<name>/<rest>" written for another machine: <rest> inside this model's folder.
+  fs::path tail;
+  bool found = false;
+  for (const fs::path& part : p) {
+    if (found) tail /= part;
+    if (part == name) {
+      found = true;
+      tail.clear();
+    }
+  }
+  if (found && !tail.empty() && fs::is_directory(dir / tail, ec)) return (dir / tail).string();
+  return std::nullopt;
+}
+
 std::string resolve_engine_dir(const std::string& model_dir, const std::string& name,
                                const std::optional<std::string>& gpt_model_path) {
-  const fs::path dir(model_dir);
-  if (gpt_model_path && !gpt_model_path->empty() && gpt_model_path->find("${") == std::string::npos) {
-    const fs::path p(*gpt_model_path);
-    std::error_code ec;
-    if (fs::is_directory(p, ec)) return p.string();
-    if (p.is_relative() && fs::is_directory(dir / p, ec)) return (dir / p).string();
-    // ".../<name>/1" written for another machine: the part after the model's own folder name.
-    fs::path tail;
-    bool found = false;
-    for (const fs::path& part : p) {
-      if (found) tail /= part;
-      if (part == name) {
-        found = true;
-        tail.clear();
-      }
-    }
-    if (found && !tail.empty() && fs::is_directory(dir / tail, ec)) return (dir / tail).string();
-  }
-  return (dir / "1").string();
+  if (gpt_model_path && !gpt_model_path->empty() && gpt_model_path->find("${") == std::string::npos)
+    if (auto found = resolve_model_path(model_dir, name, *gpt_model_path)) return *found;
+  return (fs::path(model_dir) / "1").string();
 }
 
 }  // namespace kiln::server

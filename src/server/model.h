@@ -89,4 +89,9 @@ class TrtllmModel : public Model {
 std::string resolve_engine_dir(const std::string& model_dir, const std::string& name,
                                const std::optional<std::string>& gpt_model_path);
 
+// A folder named in a model's config: as given, relative to the model's folder, or (a path written for another
+// machine, ".../<name>/<rest>") <rest> inside the model's folder; nullopt when none of these exists.
+std::optional<std::string> resolve_model_path(const std::string& model_dir, const std::string& name,
+                                              const std::string& path);
+
 }  // namespace kiln::server

@@ -1279,21 +1279,7 @@ Result<std::string> resolve_tokenizer_dir(const std::string& model_dir, const st
                                           const std::optional<std::string>& tokenizer_dir) {
   if (!tokenizer_dir || tokenizer_dir->empty() || tokenizer_dir->find("${") != std::string::npos)
     return invalid_argument("parameter tokenizer_dir is not set");
-  const fs::path p(*tokenizer_dir), dir(model_dir);
-  std::error_code ec;
-  if (fs::is_directory(p, ec)) return p.string();
-  if (p.is_relative() && fs::is_directory(dir / p, ec)) return (dir / p).string();
-  // ".../<name>/<rest>" written for another machine: <rest> inside this model's folder.
-  fs::path tail;
-  bool found = false;
-  for (const fs::path& part : p) {
-    if (found) tail /= part;
-    if (part == name) {
-      found = true;
-      tail.clear();
-    }
-  }
-  if (found && !tail.empty() && fs::is_directory(dir / tail, ec)) return (dir / tail).string();
+  if (auto found = resolve_model_path(model_dir, name, *tokenizer_dir)) return *found;
   return not_found("parameter tokenizer_dir='" + *tokenizer_dir +
                    "': no such folder, as given or relative to the model's folder");
 }
