@@ -10,9 +10,9 @@
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <unordered_set>
 
 #include "core/checked_math.h"
+#include "io/strict_json.h"
 
 namespace kiln {
 
@@ -31,50 +31,20 @@ std::string clip(std::string_view s, size_t max = 200) { return printable_for_me
 std::string quote_name(std::string_view s) { return "'" + clip(s) + "'"; }
 std::string brief(const json& v) { return clip(v.dump(-1, ' ', false, json::error_handler_t::replace), 80); }
 
-// Thrown from the parser callback to stop parsing; caught below.
-struct DuplicateKey {
-  std::string key;
-};
-struct TooDeep {};
-
-// Parses JSON, refusing duplicate keys in an object (nlohmann keeps the last one silently) and deep nesting.
+// Parses JSON, refusing duplicate keys in an object and deep nesting (io/strict_json.h).
 Result<json> parse_json_strict(std::string_view text, const std::string& label) {
-  std::vector<std::unordered_set<std::string>> keys;  // one set per open object
-  auto callback = [&keys](int depth, json::parse_event_t event, json& parsed) -> bool {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        if (depth >= kMaxJsonDepth) throw TooDeep{};
-        keys.emplace_back();
-        break;
-      case json::parse_event_t::array_start:
-        if (depth >= kMaxJsonDepth) throw TooDeep{};
-        break;
-      case json::parse_event_t::key: {
-        const auto& k = parsed.get_ref<const std::string&>();
-        if (!keys.empty() && !keys.back().insert(k).second) throw DuplicateKey{k};
-        break;
-      }
-      case json::parse_event_t::object_end:
-        if (!keys.empty()) keys.pop_back();
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  try {
-    return json::parse(text.data(), text.data() + text.size(), callback, /*allow_exceptions=*/true,
-                       /*ignore_comments=*/false);
-  } catch (const DuplicateKey& e) {
-    return data_loss(label + ": header has the key " + quote_name(e.key) + " twice");
-  } catch (const TooDeep&) {
-    return data_loss(label + ": header nests JSON deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-  } catch (const json::exception& e) {
-    std::string what = e.what();
-    size_t bracket = what.find("] ");
-    if (what.rfind("[json.exception.", 0) == 0 && bracket != std::string::npos) what = what.substr(bracket + 2);
-    return data_loss(label + ": header is not valid JSON: " + clip(what, 300));
+  json out;
+  auto problem = kiln::parse_json_strict(text, kMaxJsonDepth, out);
+  if (!problem) return out;
+  switch (problem->kind) {
+    case JsonProblem::Kind::kDuplicateKey:
+      return data_loss(label + ": header has the key " + quote_name(problem->detail) + " twice");
+    case JsonProblem::Kind::kTooDeep:
+      return data_loss(label + ": header nests JSON deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    case JsonProblem::Kind::kMalformed:
+      break;
   }
+  return data_loss(label + ": header is not valid JSON: " + clip(problem->detail, 300));
 }
 
 // A JSON integer >= 0 (nlohmann keeps integers as int64 or uint64; floats such as 2.0 are refused).

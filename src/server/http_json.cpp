@@ -9,10 +9,10 @@
 #include <cstring>
 #include <limits>
 #include <set>
-#include <unordered_set>
 
 #include "core/dtype.h"
 #include "io/safetensors.h"  // printable_for_message
+#include "io/strict_json.h"
 #include "model_config.pb.h"
 
 namespace kiln::server {
@@ -24,12 +24,6 @@ std::string in_quotes(std::string_view s) { return "'" + clip(s) + "'"; }
 std::string brief(const json& v) { return clip(v.dump(-1, ' ', false, json::error_handler_t::replace), 60); }
 // Replies may carry model-produced bytes that are not UTF-8: replace rather than throw.
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-// Thrown from the parser callback to stop parsing at once; caught in parse_request_json.
-struct TooDeep {};
-struct DuplicateKey {
-  std::string key;
-};
 
 template <typename T>
 void append_raw(std::string& out, T v) {
@@ -397,42 +391,18 @@ json counter(uint64_t count, uint64_t ns) { return {{"count", count}, {"ns", ns}
 }  // namespace
 
 Result<json> parse_request_json(std::string_view text, int max_depth) {
-  std::vector<std::unordered_set<std::string>> keys;  // one set per open object
-  auto callback = [&keys, max_depth](int depth, json::parse_event_t event, json& parsed) -> bool {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        if (depth >= max_depth) throw TooDeep{};
-        keys.emplace_back();
-        break;
-      case json::parse_event_t::array_start:
-        if (depth >= max_depth) throw TooDeep{};
-        break;
-      case json::parse_event_t::key:
-        if (!keys.empty() && !keys.back().insert(parsed.get_ref<const std::string&>()).second)
-          throw DuplicateKey{parsed.get<std::string>()};
-        break;
-      case json::parse_event_t::object_end:
-        if (!keys.empty()) keys.pop_back();
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  try {
-    return json::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/true,
-                       /*ignore_comments=*/false);
-  } catch (const TooDeep&) {
-    return invalid_argument("the request JSON nests deeper than " + std::to_string(max_depth) + " levels");
-  } catch (const DuplicateKey& e) {
-    return invalid_argument("the request JSON has the key " + in_quotes(e.key) + " twice in one object");
-  } catch (const json::exception& e) {
-    std::string what = e.what();
-    const size_t bracket = what.find("] ");
-    if (what.rfind("[json.exception.", 0) == 0 && bracket != std::string::npos)
-      what = what.substr(bracket + 2);
-    return invalid_argument("malformed JSON in the request: " + clip(what, 300));
+  json out;
+  auto problem = parse_json_strict(text, max_depth, out);
+  if (!problem) return out;
+  switch (problem->kind) {
+    case JsonProblem::Kind::kTooDeep:
+      return invalid_argument("the request JSON nests deeper than " + std::to_string(max_depth) + " levels");
+    case JsonProblem::Kind::kDuplicateKey:
+      return invalid_argument("the request JSON has the key " + in_quotes(problem->detail) + " twice in one object");
+    case JsonProblem::Kind::kMalformed:
+      break;
   }
+  return invalid_argument("malformed JSON in the request: " + clip(problem->detail, 300));
 }
 
 Status append_json_element(const json& v, TensorType type, const std::string& input, std::string& out) {
