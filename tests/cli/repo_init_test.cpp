@@ -2,7 +2,6 @@
 // repository whose five models (tensorrt_llm, preprocessing, postprocessing, ensemble, tensorrt_llm_bls) all
 // load and answer (the loading part needs the server).
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <condition_variable>
 #include <cstdio>
@@ -13,6 +12,7 @@
 
 #include "model/checkpoint.h"
 #include "model/engine.h"
+#include "cli/cli_run.h"
 #include "test_util.h"
 
 #ifdef KILN_HAVE_SERVER
@@ -25,21 +25,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CliRun {
-  int code;
-  std::string output;  // stdout and stderr
-};
-
-CliRun kiln(const std::string& args) {
-  std::string cmd = std::string(KILN_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using test::CliRun;
+using test::kiln;
 
 std::string build(const test::TempDir& dir, const std::string& model, int64_t max_batch_size) {
   ConvertOptions co{.model_dir = test::data_path("models/" + model),
