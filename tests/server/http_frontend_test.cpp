@@ -27,6 +27,7 @@
 #include "model/engine.h"
 #include "server/http_json.h"
 #include "server/server_core.h"
+#include "server_test_repo.h"
 #include "test_util.h"
 
 namespace kiln::server {
@@ -38,35 +39,12 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
 using kiln::test::TempDir;
+using kiln::test::build_fp32_engine;
+using kiln::test::write_seed_trtllm_model;
 using namespace std::chrono_literals;
 
 constexpr int kMaxOutputLen = 400;  // long enough for a call to be cancelled mid-generation
 constexpr uint64_t kBodyCap = 1 << 20;
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void replace_once(std::string& s, const std::string& from, const std::string& to) {
-  const size_t at = s.find(from);
-  KILN_CHECK(at != std::string::npos, "fixture config: '" + from + "' not found");
-  s.replace(at, from.size(), to);
-}
-
-// A model folder with the seed's config (renamed, decoupled or not) and a copy of the fixture engine.
-void write_model(const std::string& repo, const std::string& engine, const std::string& name,
-                 bool decoupled) {
-  std::string config = read_text(kiln::test::data_path("server/seed_tensorrt_llm_config.pbtxt"));
-  replace_once(config, "name: \"tensorrt_llm\"", "name: \"" + name + "\"");
-  if (decoupled) replace_once(config, "decoupled: false", "decoupled: true");
-  config += "\nparameters: { key: \"max_tokens_in_paged_kv_cache\" value: { string_value: \"4096\" } }\n";
-  fs::create_directories(repo + "/" + name);
-  std::ofstream(repo + "/" + name + "/config.pbtxt") << config;
-  fs::copy(engine, repo + "/" + name + "/1", fs::copy_options::recursive);
-}
 
 struct Fixture {
   TempDir dir;
@@ -244,24 +222,13 @@ class HttpFrontendTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     fx = new Fixture();
-    ConvertOptions co{.model_dir = kiln::test::data_path("models/llama"),
-                      .output_dir = fx->dir.sub("ckpt"),
-                      .dtype = DType::kF32};
-    Status s = convert_hf_checkpoint(co);
-    KILN_CHECK(s.ok(), s.to_string());
-    BuildConfig bc;
-    bc.max_batch_size = 4;
-    bc.max_input_len = 32;
-    bc.max_seq_len = 32 + kMaxOutputLen;
-    bc.tokens_per_block = 8;
-    s = build_engine(fx->dir.sub("ckpt"), fx->dir.sub("engine"), bc, nullptr);
-    KILN_CHECK(s.ok(), s.to_string());
+    const std::string engine_dir = build_fp32_engine(fx->dir, "llama", 4, 32, 32 + kMaxOutputLen);
     const std::string repo = fx->dir.sub("repo");
-    write_model(repo, fx->dir.sub("engine"), "tensorrt_llm", false);
-    write_model(repo, fx->dir.sub("engine"), "trtllm_stream", true);
-    write_model(repo, fx->dir.sub("engine"), "spare", false);
+    write_seed_trtllm_model(repo, engine_dir, "tensorrt_llm", false);
+    write_seed_trtllm_model(repo, engine_dir, "trtllm_stream", true);
+    write_seed_trtllm_model(repo, engine_dir, "spare", false);
 
-    auto engine = load_engine(fx->dir.sub("engine"));
+    auto engine = load_engine(engine_dir);
     KILN_CHECK(engine.ok(), engine.status().to_string());
     fx->engine = std::move(*engine);
     auto model = LlamaModel::load(fx->engine, fx->backend);

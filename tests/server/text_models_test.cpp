@@ -16,6 +16,7 @@
 #include "model/checkpoint.h"
 #include "model/engine.h"
 #include "server/server_core.h"
+#include "server_test_repo.h"
 #include "test_util.h"
 #include "tokenizer/detokenizer.h"
 #include "tokenizer/tokenizer.h"
@@ -29,36 +30,15 @@ using kiln::test::TempDir;
 
 constexpr int kMaxInputLen = 48;
 
-std::string read_text(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 std::string param(const std::string& key, const std::string& value) {
   return "parameters: { key: \"" + key + "\" value: { string_value: \"" + value + "\" } }\n";
 }
 
 // A tensorrt_llm model: the seed's config (prompt echoed in output_ids, not decoupled), or a decoupled one
 // that excludes the prompt; both with a copy of the engine and a small KV cache.
-void write_trtllm(const std::string& repo, const std::string& engine, const std::string& name,
-                  bool decoupled) {
-  std::string config = read_text(kiln::test::data_path("server/seed_tensorrt_llm_config.pbtxt"));
-  auto replace = [&](const std::string& from, const std::string& to) {
-    const size_t at = config.find(from);
-    KILN_CHECK(at != std::string::npos, "fixture config: '" + from + "' not found");
-    config.replace(at, from.size(), to);
-  };
-  replace("name: \"tensorrt_llm\"", "name: \"" + name + "\"");
-  if (decoupled) {
-    replace("decoupled: false", "decoupled: true");
-    config += param("exclude_input_in_output", "true");
-  }
-  config += param("max_tokens_in_paged_kv_cache", "4096");
-  fs::create_directories(repo + "/" + name);
-  std::ofstream(repo + "/" + name + "/config.pbtxt") << config;
-  fs::copy(engine, repo + "/" + name + "/1", fs::copy_options::recursive);
+void write_trtllm(const std::string& repo, const std::string& engine, const std::string& name, bool decoupled) {
+  kiln::test::write_seed_trtllm_model(repo, engine, name, decoupled,
+                                      decoupled ? param("exclude_input_in_output", "true") : "");
 }
 
 std::string ensemble_config(const std::string& name, const std::string& target) {
@@ -217,20 +197,8 @@ class TextModelsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     fx = new Fixture();
-    ConvertOptions co{.model_dir = kiln::test::data_path("models/phi3"),
-                      .output_dir = fx->dir.sub("ckpt"),
-                      .dtype = DType::kF32};
-    Status s = convert_hf_checkpoint(co);
-    KILN_CHECK(s.ok(), s.to_string());
-    BuildConfig bc;
-    bc.max_batch_size = 4;
-    bc.max_input_len = kMaxInputLen;
-    bc.max_seq_len = kMaxInputLen + 40;
-    bc.tokens_per_block = 8;
-    s = build_engine(fx->dir.sub("ckpt"), fx->dir.sub("engine"), bc, nullptr);
-    KILN_CHECK(s.ok(), s.to_string());
     fx->repo = fx->dir.sub("repo");
-    const std::string engine = fx->dir.sub("engine");
+    const std::string engine = kiln::test::build_fp32_engine(fx->dir, "phi3", 4, kMaxInputLen, kMaxInputLen + 40);
     write_trtllm(fx->repo, engine, "tensorrt_llm", /*decoupled=*/false);
     write_trtllm(fx->repo, engine, "tensorrt_llm_stream", /*decoupled=*/true);
     // The tokenizer folder as a repository ships it (tokenizer.json, gunzipped), named relative to the model.
