@@ -12,7 +12,10 @@
 // REPO is a repository whose tensorrt_llm model is decoupled (kiln repo init --decoupled); the in-process
 // executor is made from the same engine and the same executor parameters.
 #include <grpcpp/grpcpp.h>
+#include <spawn.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -116,6 +119,21 @@ RunResult run_in_process(Executor& ex, const Workload& w) {
   return res;
 }
 
+// One request through the executor's blocking API (enqueue, then await_final on the calling thread): the
+// in-process counterpart of a client thread that sends a request and reads its answer. Returns ms (-1: error).
+double in_process_round_trip(Executor& ex, const std::vector<int32_t>& prompt, int output) {
+  Request r;
+  r.input_ids = prompt;
+  r.max_new_tokens = output;
+  r.end_ids = std::vector<int32_t>{};
+  const auto sent = Clock::now();
+  Result<RequestId> id = ex.enqueue(std::move(r));
+  if (!id.ok()) return -1;
+  Result<Response> final = ex.await_final(*id);
+  const double ms = ms_since(sent);
+  return final.ok() && final->error.ok() ? ms : -1;
+}
+
 // ---- through gRPC ---------------------------------------------------------------------------------------------
 
 inference::ModelInferRequest grpc_request(const std::vector<int32_t>& ids, int output) {
@@ -209,6 +227,94 @@ RunResult run_grpc(inference::GRPCInferenceService::Stub& stub, const Workload& 
   return res;
 }
 
+// The idle-latency client: one open stream; request() sends the 8-token, 1-output request and returns its
+// round trip in ms (-1: an error); floor() sends one for an unknown model (answered without the engine);
+// live() makes a unary ServerLive call.
+class IdleClient {
+ public:
+  IdleClient(const std::string& address, int64_t vocab)
+      : channel_(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())),
+        stub_(inference::GRPCInferenceService::NewStub(channel_)),
+        req_(grpc_request(make_workload(1, 8, 1, vocab, 7).prompts[0], 1)),
+        unknown_(req_),
+        stream_(std::make_unique<ClientStream>(*stub_)) {
+    unknown_.set_model_name("no_such_model");
+  }
+  double request() {
+    const auto [ms, tokens] = stream_->request(req_);
+    return tokens == 1 ? ms : -1;
+  }
+  double floor() { return stream_->request(unknown_, false).first; }
+  double live() {
+    grpc::ClientContext ctx;
+    inference::ServerLiveRequest lreq;
+    inference::ServerLiveResponse lresp;
+    const auto t = Clock::now();
+    return stub_->ServerLive(&ctx, lreq, &lresp).ok() ? ms_since(t) : -1;
+  }
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<inference::GRPCInferenceService::Stub> stub_;
+  inference::ModelInferRequest req_, unknown_;
+  std::unique_ptr<ClientStream> stream_;
+};
+
+// `server_bench --idle-client ADDRESS VOCAB`: an IdleClient in its own process, driven over stdin/stdout:
+// each command byte ('r' request, 'f' floor, 'l' live) is answered with one line holding the milliseconds.
+int idle_client_main(const std::string& address, int64_t vocab) {
+  IdleClient client(address, vocab);
+  for (int c; (c = std::getchar()) != EOF && c != 'q';) {
+    const double ms = c == 'r' ? client.request() : c == 'f' ? client.floor() : c == 'l' ? client.live() : -1;
+    std::printf("%.6f\n", ms);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+// The parent's side of that process.
+class IdleClientProcess {
+ public:
+  IdleClientProcess(const char* self, const std::string& address, int64_t vocab) {
+    int to_child[2], from_child[2];
+    if (pipe(to_child) != 0 || pipe(from_child) != 0) std::perror("pipe"), std::exit(1);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, to_child[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, from_child[1], 1);
+    posix_spawn_file_actions_addclose(&fa, to_child[1]);
+    posix_spawn_file_actions_addclose(&fa, from_child[0]);
+    const std::string v = std::to_string(vocab);
+    char* const args[] = {const_cast<char*>(self), const_cast<char*>("--idle-client"),
+                          const_cast<char*>(address.c_str()), const_cast<char*>(v.c_str()), nullptr};
+    if (posix_spawn(&pid_, self, &fa, nullptr, args, environ) != 0) std::perror("posix_spawn"), std::exit(1);
+    posix_spawn_file_actions_destroy(&fa);
+    close(to_child[0]);
+    close(from_child[1]);
+    to_ = fdopen(to_child[1], "w");
+    from_ = fdopen(from_child[0], "r");
+  }
+  ~IdleClientProcess() {
+    std::fputc('q', to_);
+    std::fclose(to_);
+    std::fclose(from_);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+  }
+  double ask(char command) {
+    std::fputc(command, to_);
+    std::fflush(to_);
+    double ms = -1;
+    if (std::fscanf(from_, "%lf", &ms) != 1) return -1;
+    return ms;
+  }
+
+ private:
+  pid_t pid_ = 0;
+  FILE* to_ = nullptr;
+  FILE* from_ = nullptr;
+};
+
 int flag(int argc, char** argv, const char* name, int fallback) {
   for (int i = 2; i + 1 < argc; ++i)
     if (!std::strcmp(argv[i], name)) return std::atoi(argv[i + 1]);
@@ -218,6 +324,7 @@ int flag(int argc, char** argv, const char* name, int fallback) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 4 && !std::strcmp(argv[1], "--idle-client")) return idle_client_main(argv[2], std::atoll(argv[3]));
   if (argc < 2) {
     std::fprintf(stderr, "usage: server_bench REPO [--input 128] [--output 128] [--concurrency 64] [--reps 3] "
                          "[--overhead_requests 200]\n");
@@ -274,10 +381,11 @@ int main(int argc, char** argv) {
   run_in_process(**ex, make_workload(2, 16, 4, vocab, 1));
   run_grpc(*stub, make_workload(2, 16, 4, vocab, 1));
 
-  // 1. Throughput, alternating modes.
-  std::printf("\n%d concurrent requests, %d tokens in, %d out (end id off), best of %d, modes alternating\n",
+  // 1. Throughput, alternating modes (--reps 0: only the idle overhead below).
+  if (reps > 0) std::printf("\n%d concurrent requests, %d tokens in, %d out (end id off), best of %d, modes alternating\n",
               concurrency, input, output, reps);
-  std::printf("%-12s %9s %11s %14s %14s %14s %7s %9s %11s\n", "mode", "seconds", "out tok/s", "latency p50",
+  if (reps > 0)
+    std::printf("%-12s %9s %11s %14s %14s %14s %7s %9s %11s\n", "mode", "seconds", "out tok/s", "latency p50",
               "latency p90", "latency p99", "errors", "CPU s", "iterations");
   RunResult best_local, best_grpc;
   for (int r = 0; r < reps; ++r) {
@@ -306,6 +414,7 @@ int main(int argc, char** argv) {
     std::printf("  rep %d: in process %.1f tok/s, gRPC %.1f tok/s\n", r, a.tokens_per_s(), b.tokens_per_s());
   }
   if (mode == "local" || mode == "grpc") return 0;
+  if (reps > 0) {
   auto row = [](const char* mode, const RunResult& x) {
     std::printf("%-12s %9.2f %11.1f %12.1fms %12.1fms %12.1fms %7d %9.2f %11.0f\n", mode, x.seconds, x.tokens_per_s(),
                 percentile(x.latency_ms, 0.5), percentile(x.latency_ms, 0.9), percentile(x.latency_ms, 0.99), x.errors, x.cpu, x.iterations);
@@ -315,44 +424,41 @@ int main(int argc, char** argv) {
   const double cost = 1.0 - best_grpc.tokens_per_s() / best_local.tokens_per_s();
   std::printf("server throughput cost: %.2f%% (target <= 5%%); p50 latency added under load: %.2f ms\n",
               100.0 * cost, percentile(best_grpc.latency_ms, 0.5) - percentile(best_local.latency_ms, 0.5));
+  }
 
-  // 2. Per-request overhead on an idle server: 1 token out of 8 in, one request at a time (gRPC: on one
-  // open stream, as a client that keeps its stream).
-  std::vector<double> local_ms, grpc_ms;
+  // 2. Per-request overhead on an idle server: 1 token out of 8 in, one request at a time, alternating with
+  // the same request in process (sent and awaited on one thread, as the gRPC client does). The gRPC client keeps one stream open (as tritonclient's start_stream) and
+  // runs in its own process, as real clients do. The transport's own floor is measured twice: requests sent
+  // back to back (hot), and a request right after an in-process engine request (cold: the engine's pass
+  // has evicted gRPC's code and data from the caches and the transport's threads slept through it, which is
+  // what every real request meets on an idle server). Floor requests are answered without the engine (an
+  // unknown model's error response).
   const Workload tiny = make_workload(1, 8, 1, vocab, 7);
+  const std::string address = "127.0.0.1:" + std::to_string((*fe)->port());
+  std::vector<double> local_ms, grpc_ms, live_ms, hot_floor_ms, cold_floor_ms;
   {
-    ClientStream stream(*stub);
-    const inference::ModelInferRequest req = grpc_request(tiny.prompts[0], 1);
+    IdleClientProcess child(argv[0], address, vocab);
     for (int i = 0; i < overhead_n; ++i) {
-      local_ms.push_back(run_in_process(**ex, tiny).latency_ms[0]);
-      const auto [ms, tokens] = stream.request(req);
-      if (tokens != 1) return std::fprintf(stderr, "idle request: %g tokens\n", tokens), 1;
+      local_ms.push_back(in_process_round_trip(**ex, tiny.prompts[0], 1));
+      const double ms = child.ask('r');
+      if (ms < 0) return std::fprintf(stderr, "idle request from the client process failed\n"), 1;
       grpc_ms.push_back(ms);
+      in_process_round_trip(**ex, tiny.prompts[0], 1);
+      cold_floor_ms.push_back(child.ask('f'));
     }
-  }
-  // The transport's own floor on this machine: a unary ServerLive call, and a stream request answered at
-  // once without the engine (an unknown model's error response).
-  std::vector<double> live_ms, stream_floor_ms;
-  {
-    ClientStream stream(*stub);
-    inference::ModelInferRequest unknown = grpc_request(tiny.prompts[0], 1);
-    unknown.set_model_name("no_such_model");
     for (int i = 0; i < overhead_n; ++i) {
-      grpc::ClientContext ctx;
-      inference::ServerLiveRequest lreq;
-      inference::ServerLiveResponse lresp;
-      const auto t = Clock::now();
-      stub->ServerLive(&ctx, lreq, &lresp);
-      live_ms.push_back(ms_since(t));
-      stream_floor_ms.push_back(stream.request(unknown, false).first);
+      live_ms.push_back(child.ask('l'));
+      hot_floor_ms.push_back(child.ask('f'));
     }
   }
-  std::printf("\ngRPC floor on this machine: unary ServerLive p50 %.3f ms; a stream request answered without the "
-              "engine p50 %.3f ms\n", percentile(live_ms, 0.5), percentile(stream_floor_ms, 0.5));
+  std::printf("\ngRPC floor on this machine (client process, no engine): unary ServerLive p50 %.3f ms; stream request "
+              "p50 %.3f ms hot, %.3f ms cold (right after an engine pass)\n", percentile(live_ms, 0.5),
+              percentile(hot_floor_ms, 0.5), percentile(cold_floor_ms, 0.5));
   const double added = percentile(grpc_ms, 0.5) - percentile(local_ms, 0.5);
-  std::printf("idle round trip, 8 tokens in, 1 out, %d requests each: in process p50 %.3f ms, gRPC stream p50 "
-              "%.3f ms (p90 %.3f ms): the server adds %.3f ms at p50 (target < 0.5 ms)\n",
-              overhead_n, percentile(local_ms, 0.5), percentile(grpc_ms, 0.5), percentile(grpc_ms, 0.9), added);
+  std::printf("idle round trip, 8 tokens in, 1 out, %d requests each, alternating: in process p50 %.3f ms, gRPC "
+              "stream p50 %.3f ms (p90 %.3f ms): the server adds %.3f ms at p50 (target < 0.5 ms), of which the "
+              "cold transport floor is %.3f ms\n", overhead_n, percentile(local_ms, 0.5), percentile(grpc_ms, 0.5),
+              percentile(grpc_ms, 0.9), added, percentile(cold_floor_ms, 0.5));
   (*ex)->shutdown();
   (*fe)->shutdown();
   (*core)->shutdown(std::chrono::seconds(5));
