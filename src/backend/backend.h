@@ -4,11 +4,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "core/quant.h"
 #include "core/status.h"
 #include "core/tensor.h"
 
@@ -29,9 +31,19 @@ struct DeviceBuffer {
 // the backend's GEMM wants (`data` holds the packed bytes).
 struct LinearWeight {
   Tensor data;
-  DType dtype = DType::kF32;
+  DType dtype = DType::kF32;       // element type of a float weight
+  std::optional<GgmlType> quant;   // set: W is block-quantized (Q8_0/Q4_0/Q4_1) in the backend's packed layout
   int64_t out_features = 0;
   int64_t in_features = 0;
+};
+
+// The token embedding table [vocab, hidden]: float rows, or rows of GGUF blocks when `quant` is set
+// (kept quantized, as in the GGUF file; rows are dequantized as they are gathered).
+struct EmbeddingWeight {
+  Tensor data;
+  std::optional<GgmlType> quant;
+  int64_t vocab = 0;
+  int64_t hidden = 0;
 };
 
 // Paged KV cache storage for one layer: K and V pools, each [num_blocks, num_kv_heads, block_size, head_dim].
@@ -106,7 +118,7 @@ class Backend {
 
   // --- ops (activations are f32 on the CPU backend)
   // out[t, :] = table[ids[t], :]                    table [vocab, hidden], ids [T] i32, out [T, hidden]
-  virtual void embedding(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
+  virtual void embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) = 0;
   // out = x / rms(x) * weight, row-wise            x, out [rows, dim], weight [dim]
   virtual void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
   // residual += delta; out = rmsnorm(residual)     [rows, dim]

@@ -9,6 +9,8 @@ namespace kiln::cli {
 int cmd_convert(const std::vector<std::string>& args);
 int cmd_build(const std::vector<std::string>& args);
 int cmd_run(const std::vector<std::string>& args);
+int cmd_bench(const std::vector<std::string>& args);
+int cmd_chat(const std::vector<std::string>& args);
 int cmd_tokenize(const std::vector<std::string>& args);
 int cmd_chat_template(const std::vector<std::string>& args);
 int cmd_serve(const std::vector<std::string>& args);

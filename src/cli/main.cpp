@@ -11,9 +11,11 @@ const char* kUsage =
     "kiln " KILN_VERSION " - LLM inference: Hugging Face checkpoint -> engine -> text\n\n"
     "usage: kiln COMMAND [flags]   (kiln COMMAND --help for its flags)\n\n"
     "commands:\n"
-    "  convert   Hugging Face model folder -> Kiln checkpoint dir\n"
+    "  convert   Hugging Face model folder or GGUF file -> Kiln checkpoint dir\n"
     "  build     checkpoint dir -> engine dir (limits validated, memory planned, weights packed)\n"
     "  run       generate from token ids or text with an engine (in-flight batching, sampling, beams)\n"
+    "  bench     offline benchmark: tokens/s, time to first token, inter-token latency\n"
+    "  chat      chat with a model in the terminal (its chat template, streamed replies)\n"
     "  serve     serve a model repository over Triton's HTTP and gRPC protocols (ports 8000/8001/8002)\n"
     "  repo init write a model repository (tensorrt_llm + text models) for an engine and its tokenizer\n"
     "  tokenize  text -> token ids (or --decode ids -> text) with a tokenizer.json\n"
@@ -31,6 +33,8 @@ int main(int argc, char** argv) {
   if (cmd == "convert") return kiln::cli::cmd_convert(args);
   if (cmd == "build") return kiln::cli::cmd_build(args);
   if (cmd == "run") return kiln::cli::cmd_run(args);
+  if (cmd == "bench") return kiln::cli::cmd_bench(args);
+  if (cmd == "chat") return kiln::cli::cmd_chat(args);
   if (cmd == "serve") return kiln::cli::cmd_serve(args);
   if (cmd == "repo") return kiln::cli::cmd_repo(args);
   if (cmd == "tokenize") return kiln::cli::cmd_tokenize(args);

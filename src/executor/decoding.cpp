@@ -35,10 +35,11 @@ void sample_next_token(RequestState& r, const float* raw, int64_t vocab, std::ve
   if (r.req.output.return_generation_logits) s.generation_logits.insert(s.generation_logits.end(), raw, raw + vocab);
   scratch.assign(raw, raw + vocab);
   r.processor.apply(prompt_of(r, s), output_of(r, s), scratch.data());
-  const Sample pick = r.sampler.sample(scratch.data(), vocab, r.req.output.return_log_probs);
+  Sample pick = r.sampler.sample(scratch.data(), vocab, r.req.output.return_log_probs, r.req.output.top_log_probs);
   r.sampler.advance(pick.token);
   s.tokens.push_back(pick.token);
   s.log_probs.push_back(pick.log_prob);
+  if (r.req.output.top_log_probs > 0) s.top_log_probs.push_back(std::move(pick.top));
   const auto out = output_of(r, s);
   if (std::find(r.end_ids.begin(), r.end_ids.end(), pick.token) != r.end_ids.end()) {
     s.finish = FinishReason::kEndId;
@@ -121,6 +122,8 @@ Response stream_chunk(RequestState& r, int64_t vocab) {
   resp.is_delta = true;
   resp.output_ids.emplace_back(s.tokens.begin() + r.prompt_len + from, s.tokens.begin() + r.prompt_len + end);
   if (r.req.output.return_log_probs) resp.output_log_probs.emplace_back(s.log_probs.begin() + from, s.log_probs.begin() + end);
+  if (r.req.output.top_log_probs > 0)
+    resp.top_log_probs.emplace_back(s.top_log_probs.begin() + from, s.top_log_probs.begin() + end);
   if (r.req.output.return_generation_logits)
     resp.generation_logits.assign(s.generation_logits.begin() + static_cast<size_t>(from) * vocab,
                                   s.generation_logits.begin() + static_cast<size_t>(end) * vocab);
@@ -159,6 +162,8 @@ Response final_response(RequestState& r, int64_t vocab, FinishReason forced) {
     const int32_t from = r.req.streaming ? std::min(r.streamed, end) : 0;
     add_beam({s.tokens.begin() + r.prompt_len + from, s.tokens.begin() + r.prompt_len + end},
              {s.log_probs.begin() + from, s.log_probs.begin() + end}, s.finish);
+    if (r.req.output.top_log_probs > 0)
+      resp.top_log_probs.emplace_back(s.top_log_probs.begin() + from, s.top_log_probs.begin() + end);
     // Cumulative log-prob and length cover the whole output, also when the chunk holds only the tail.
     resp.cum_log_probs.back() = 0.0f;
     for (int32_t i = 0; i < end; ++i) resp.cum_log_probs.back() += s.log_probs[i];

@@ -28,6 +28,9 @@ void merge_response(Response& into, Response& more) {
       if (b < more.output_log_probs.size() && b < into.output_log_probs.size())
         more.output_log_probs[b].insert(more.output_log_probs[b].begin(), into.output_log_probs[b].begin(),
                                         into.output_log_probs[b].end());
+      if (b < more.top_log_probs.size() && b < into.top_log_probs.size())
+        more.top_log_probs[b].insert(more.top_log_probs[b].begin(), into.top_log_probs[b].begin(),
+                                     into.top_log_probs[b].end());
     }
     generation.insert(generation.end(), more.generation_logits.begin(), more.generation_logits.end());
     more.generation_logits = std::move(generation);
@@ -148,8 +151,12 @@ Status Executor::validate_request(const Request& r) const {
   if (r.end_ids)
     for (int32_t id : *r.end_ids) KILN_RETURN_IF_ERROR(in_vocab(id, "end_id"));
   if (r.pad_id) KILN_RETURN_IF_ERROR(in_vocab(*r.pad_id, "pad_id"));
+  if (r.output.top_log_probs < 0 || r.output.top_log_probs > kMaxTopLogProbs)
+    return invalid_argument("top_log_probs=" + std::to_string(r.output.top_log_probs) + " is outside [0, " +
+                            std::to_string(kMaxTopLogProbs) + "]");
   if (r.sampling.beam_width > 1) {
     if (!r.stop_words.empty()) return unimplemented("stop_words_list with beam_width > 1 is not supported");
+    if (r.output.top_log_probs > 0) return unimplemented("top_log_probs with beam_width > 1 is not supported");
     if (r.output.return_generation_logits)
       return unimplemented("return_generation_logits with beam_width > 1 is not supported");
   }

@@ -43,9 +43,22 @@ struct SamplingConfig {
 
 struct OutputConfig {
   bool return_log_probs = false;         // cum_log_probs and output_log_probs
+  // Per generated token, the k most likely tokens with their log-probs (0 = off, at most kMaxTopLogProbs;
+  // beam_width 1), from the same distribution as output_log_probs: the processed logits over the temperature
+  // (0 read as 1), before top-k/top-p truncation.
+  int32_t top_log_probs = 0;
   bool return_context_logits = false;    // raw logits at every prompt position
   bool return_generation_logits = false; // raw logits of every generation step
   bool exclude_input_from_output = true; // output_ids hold generated tokens only
+};
+
+constexpr int32_t kMaxTopLogProbs = 20;
+
+// One entry of a position's top alternatives.
+struct TokenLogProb {
+  int32_t token = 0;
+  float log_prob = 0.0f;
+  bool operator==(const TokenLogProb&) const = default;
 };
 
 enum class FinishReason { kNotFinished, kEndId, kStopWords, kLength, kCancelled };
@@ -92,6 +105,9 @@ struct Response {
   std::vector<std::vector<int32_t>> output_ids;
   bool is_delta = false;
   std::vector<std::vector<float>> output_log_probs;  // like output_ids
+  // [beams][tokens][k]: the k best alternatives of each token in output_ids, best first (ties: lower id
+  // first), when OutputConfig::top_log_probs > 0.
+  std::vector<std::vector<std::vector<TokenLogProb>>> top_log_probs;
   std::vector<float> cum_log_probs;                  // [beams]
   std::vector<FinishReason> finish_reasons;          // [beams]
   std::vector<int32_t> sequence_lengths;             // [beams] output tokens (plus the prompt unless excluded)

@@ -21,6 +21,7 @@ struct Sequence {
   int32_t computed = 0;                  // leading tokens whose K/V are in the cache
   SequenceBlocks kv;
   std::vector<float> log_probs;          // [generated]
+  std::vector<std::vector<TokenLogProb>> top_log_probs;  // [generated][k], when asked
   std::vector<float> generation_logits;  // [generated, vocab] raw logits, when asked
   FinishReason finish = FinishReason::kNotFinished;
 };

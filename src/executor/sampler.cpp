@@ -306,6 +306,18 @@ int32_t draw(const float* logits, int64_t vocab, const Kept& kept, float mx, flo
   return last;
 }
 
+// The k best entries of a row (best first, ties: lower id first) with value(id) as their log-probs.
+template <typename F>
+std::vector<TokenLogProb> best_entries(const float* logits, int64_t vocab, int32_t k, F value) {
+  std::vector<int32_t> ids;
+  select_top_k(logits, vocab, static_cast<int32_t>(std::min<int64_t>(k, vocab)), ids);
+  std::sort(ids.begin(), ids.end(), Ranked{logits});
+  std::vector<TokenLogProb> out;
+  out.reserve(ids.size());
+  for (int32_t id : ids) out.push_back({id, value(id)});
+  return out;
+}
+
 }  // namespace
 
 TokenSampler::TokenSampler(const SamplingConfig& config, uint64_t seed)
@@ -319,22 +331,29 @@ void TokenSampler::warp(float* logits, int64_t vocab) const {
   truncate(logits, vocab, config_.top_k, top_p_, row_max(logits, vocab), false);
 }
 
-Sample TokenSampler::sample(float* logits, int64_t vocab, bool want_log_prob) const {
+Sample TokenSampler::sample(float* logits, int64_t vocab, bool want_log_prob, int32_t top_log_probs) const {
   Sample out;
   Scratch& s = scratch();
+  const bool want_top = top_log_probs > 0 && vocab > 0;
   if (greedy_) {
     out.token = argmax(logits, vocab);
-    if (want_log_prob) {
+    if (want_log_prob || want_top) {
       // log_softmax(logits / t)[token] = -log(sum(exp(logits / t - logits[token] / t))): the token is the max.
       const float t = config_.temperature == 0.0f ? 1.0f : config_.temperature;
       const float mx = t == 1.0f ? logits[out.token] : logits[out.token] / t;
-      if (mx == kNegInf) {
-        out.log_prob = kNegInf;
-      } else {
+      double log_sum = 0;  // log(sum(exp(logits / t - mx)))
+      if (mx != kNegInf) {
         s.weights.resize(vocab);
         exp_shifted(logits, vocab, t, mx, s.weights.data());
-        out.log_prob = static_cast<float>(-std::log(row_sum(s.weights.data(), vocab)));
+        log_sum = std::log(row_sum(s.weights.data(), vocab));
       }
+      if (want_log_prob) out.log_prob = mx == kNegInf ? kNegInf : static_cast<float>(-log_sum);
+      if (want_top)  // the same terms as exp_shifted's, so the argmax's entry is log_prob exactly
+        out.top = best_entries(logits, vocab, top_log_probs, [&](int32_t id) {
+          if (mx == kNegInf) return kNegInf;
+          const float shifted = t == 1.0f ? logits[id] - mx : logits[id] / t - mx;
+          return static_cast<float>(shifted - log_sum);
+        });
     }
     return out;
   }
@@ -343,17 +362,21 @@ Sample TokenSampler::sample(float* logits, int64_t vocab, bool want_log_prob) co
   if (mx == kNegInf) {  // everything banned
     out.token = 0;
     out.log_prob = kNegInf;
+    if (want_top) out.top = best_entries(logits, vocab, top_log_probs, [](int32_t) { return kNegInf; });
     return out;
   }
   // The whole row's weights serve the log-prob and, without top-k, top-p and the draw; with a top-k and no
   // log-prob asked, only the k candidates are weighed.
-  const bool full_weights = want_log_prob || !(config_.top_k > 0 && config_.top_k < vocab);
+  const bool full_weights = want_log_prob || want_top || !(config_.top_k > 0 && config_.top_k < vocab);
   if (full_weights) {
     s.weights.resize(vocab);
     exp_shifted(logits, vocab, 1.0f, mx, s.weights.data());
   }
   double lse = 0;
-  if (want_log_prob) lse = mx + std::log(row_sum(s.weights.data(), vocab));  // before truncation
+  if (want_log_prob || want_top) lse = mx + std::log(row_sum(s.weights.data(), vocab));  // before truncation
+  if (want_top)  // before truncation too, from the same lse: the drawn token's entry equals its log_prob
+    out.top = best_entries(logits, vocab, top_log_probs,
+                           [&](int32_t id) { return static_cast<float>(logits[id] - lse); });
   const Kept kept = truncate(logits, vocab, config_.top_k, top_p_, mx, full_weights);
   out.token = draw(logits, vocab, kept, mx, philox_uniform(seed_, step_));
   if (want_log_prob) out.log_prob = static_cast<float>(logits[out.token] - lse);

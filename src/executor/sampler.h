@@ -17,6 +17,9 @@ struct Sample {
   // log_softmax(logits / T)[token] of the processed logits (after LogitsProcessor), T the temperature with 0
   // read as 1, BEFORE top-k/top-p truncation (so it is comparable across sampling settings). 0 unless asked.
   float log_prob = 0.0f;
+  // The k most likely tokens of the same distribution as log_prob (best first, ties: lower id first), when
+  // asked; the drawn token's entry, if it is among them, equals log_prob exactly.
+  std::vector<TokenLogProb> top;
 };
 
 // What a paused request keeps to resume the same random stream.
@@ -46,8 +49,9 @@ class TokenSampler {
   // Draws the token of this step from processed logits [vocab] (the row is warped in place, or left as is on
   // the greedy path). Greedy (see greedy()): argmax, the first index on ties. Otherwise warp, softmax, and walk
   // the CDF in token-id order to u = philox_uniform(seed, step). A row whose logits are all -inf yields token 0.
-  // `want_log_prob`: fill Sample::log_prob (costs a pass over the vocabulary); it never changes the token.
-  Sample sample(float* logits, int64_t vocab, bool want_log_prob) const;
+  // `want_log_prob`: fill Sample::log_prob (costs a pass over the vocabulary); `top_log_probs` > 0: fill
+  // Sample::top with that many entries (at most vocab). Neither ever changes the token.
+  Sample sample(float* logits, int64_t vocab, bool want_log_prob, int32_t top_log_probs = 0) const;
 
   // After a step emitted `token`: step += 1; top_p = max(top_p * decay, top_p_min) when decay != 1 and the
   // configured top_p > 0; then, if token == top_p_reset_id, top_p returns to its configured value

@@ -55,18 +55,12 @@ bool all_finite(const HostBuffer& buf, DType t, int64_t n) {
 namespace {
 
 Status write_checkpoint(const ConvertOptions& o, const ModelConfig& config, const std::vector<SafetensorsTensorToWrite>& out) {
-  std::error_code ec;
-  fs::create_directories(o.output_dir, ec);
-  if (ec) return invalid_argument("--output_dir " + o.output_dir + ": " + ec.message());
-  KILN_RETURN_IF_ERROR(write_safetensors(checkpoint_rank_file(o.output_dir, 0), out, {{"format", "kiln-checkpoint"}}));
-  json info = {{"kiln_checkpoint_version", kCheckpointFormatVersion},
-               {"kiln_version", KILN_VERSION},
-               {"dtype", dtype_name(o.dtype)},
-               {"tp_size", o.tp_size},
-               {"pp_size", o.pp_size},
-               {"random_weights", o.random_weights},
-               {"model", config.to_json()}};
-  return write_text_file((fs::path(o.output_dir) / "config.json").string(), info.dump(2) + "\n");
+  CheckpointInfo info;
+  info.model = config;
+  info.dtype = o.dtype;
+  info.tp_size = o.tp_size;
+  info.pp_size = o.pp_size;
+  return kiln::write_checkpoint(o.output_dir, info, o.random_weights, out);
 }
 
 // Fast deterministic normal samples (xorshift + Box-Muller); quality is ample for random test weights.
@@ -193,7 +187,42 @@ Status convert_hf_checkpoint(const ConvertOptions& o) {
                             " with this config.json");
   }
 
-  return write_checkpoint(o, config, out);
+  KILN_RETURN_IF_ERROR(write_checkpoint(o, config, out));
+  return copy_tokenizer_files(o.model_dir, o.output_dir).status();
+}
+
+Status write_checkpoint(const std::string& output_dir, const CheckpointInfo& c, bool random_weights,
+                        const std::vector<SafetensorsTensorToWrite>& tensors, const json& source) {
+  std::error_code ec;
+  fs::create_directories(output_dir, ec);
+  if (ec) return invalid_argument("--output_dir " + output_dir + ": " + ec.message());
+  KILN_RETURN_IF_ERROR(write_safetensors(checkpoint_rank_file(output_dir, 0), tensors, {{"format", "kiln-checkpoint"}}));
+  json quantized = json::object();
+  for (const auto& [name, type] : c.quantized) quantized[name] = ggml_type_lower_name(type);
+  json info = {{"kiln_checkpoint_version", kCheckpointFormatVersion},
+               {"kiln_version", KILN_VERSION},
+               {"dtype", dtype_name(c.dtype)},
+               {"quantized", quantized},
+               {"tp_size", c.tp_size},
+               {"pp_size", c.pp_size},
+               {"random_weights", random_weights},
+               {"model", c.model.to_json()}};
+  if (!source.is_null()) info["source"] = source;
+  return write_text_file((fs::path(output_dir) / "config.json").string(), info.dump(2) + "\n");
+}
+
+Result<bool> copy_tokenizer_files(const std::string& from, const std::string& to) {
+  std::error_code ec;
+  if (fs::equivalent(from, to, ec)) return fs::exists(fs::path(to) / "tokenizer.json");
+  bool copied = false;
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"}) {
+    const fs::path src = fs::path(from) / name;
+    if (!fs::exists(src)) continue;
+    fs::copy_file(src, fs::path(to) / name, fs::copy_options::overwrite_existing, ec);
+    if (ec) return data_loss("copying " + src.string() + " to " + to + ": " + ec.message());
+    copied |= std::string(name) == "tokenizer.json";
+  }
+  return copied;
 }
 
 Result<CheckpointInfo> read_checkpoint_info(const std::string& dir) {
@@ -213,6 +242,15 @@ Result<CheckpointInfo> read_checkpoint_info(const std::string& dir) {
     info.tp_size = j.at("tp_size").get<int>();
     info.pp_size = j.at("pp_size").get<int>();
     KILN_ASSIGN_OR_RETURN(info.model, ModelConfig::from_json(j.at("model")));
+    if (j.contains("quantized")) {
+      for (const auto& [name, type] : j.at("quantized").items()) {
+        auto t = type.is_string() ? ggml_type_from_lower_name(type.get<std::string>()) : std::nullopt;
+        if (!t || !is_kept_quant(*t))
+          return invalid_argument(path + ": tensor '" + name + "' has format " + type.dump() +
+                                  ", expected q8_0, q4_0 or q4_1");
+        info.quantized[name] = *t;
+      }
+    }
   } catch (const json::exception& e) {
     return invalid_argument(path + ": " + e.what());
   }

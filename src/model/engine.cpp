@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/qgemm.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/weight_names.h"
@@ -54,7 +55,23 @@ json BuildConfig::to_json() const {
   return json{{"max_batch_size", max_batch_size}, {"max_input_len", max_input_len},   {"max_seq_len", max_seq_len},
               {"max_num_tokens", max_num_tokens}, {"max_beam_width", max_beam_width}, {"gemm_plugin", gemm_plugin},       {"tp_size", tp_size},
               {"pp_size", pp_size},               {"tokens_per_block", tokens_per_block}, {"dtype", dtype_name(dtype)},
-              {"kv_cache_dtype", dtype_name(kv_cache_dtype)}, {"backend", backend}};
+              {"kv_cache_dtype", dtype_name(kv_cache_dtype)}, {"backend", backend}, {"quantized", quantized_json()},
+              {"weight_format", weight_format()}};
+}
+
+json BuildConfig::quantized_json() const {
+  json q = json::object();
+  for (const auto& [name, type] : quantized) q[name] = ggml_type_lower_name(type);
+  return q;
+}
+
+std::string BuildConfig::weight_format() const {
+  if (quantized.empty()) return dtype_name(dtype);
+  std::map<std::string, int> per_type;
+  for (const auto& [name, type] : quantized) ++per_type[ggml_type_lower_name(type)];
+  std::string s;
+  for (const auto& [type, n] : per_type) s += (s.empty() ? "" : ", ") + type + " (" + std::to_string(n) + ")";
+  return s + "; " + dtype_name(dtype) + " otherwise";
 }
 
 Result<BuildConfig> BuildConfig::from_json(const json& j) {
@@ -75,6 +92,13 @@ Result<BuildConfig> BuildConfig::from_json(const json& j) {
     if (!dt || !kv) return invalid_argument("build config: unknown dtype");
     b.dtype = *dt;
     b.kv_cache_dtype = *kv;
+    if (j.contains("quantized")) {
+      for (const auto& [name, type] : j.at("quantized").items()) {
+        auto t = ggml_type_from_lower_name(type.get<std::string>());
+        if (!t || !is_kept_quant(*t)) return invalid_argument("build config: tensor '" + name + "' has unknown format " + type.dump());
+        b.quantized[name] = *t;
+      }
+    }
   } catch (const json::exception& e) {
     return invalid_argument(std::string("build config: ") + e.what());
   }
@@ -83,10 +107,26 @@ Result<BuildConfig> BuildConfig::from_json(const json& j) {
 
 namespace {
 
-size_t stored_bytes(const WeightSpec& s, DType dtype) {
+size_t stored_bytes(const WeightSpec& s, DType dtype, std::optional<GgmlType> quant) {
+  if (quant) {
+    if (s.kind == WeightKind::kLinear) return cpu::packed_qweight_bytes(*quant, s.shape[0], s.shape[1]);
+    return static_cast<size_t>(s.shape[0]) * *ggml_row_bytes(*quant, s.shape[1]);
+  }
   const DType t = s.kind == WeightKind::kVector ? DType::kF32 : dtype;
   if (s.kind == WeightKind::kLinear) return cpu::packed_weight_bytes(t, s.shape[0], s.shape[1]);
   return static_cast<size_t>(s.shape.numel()) * dtype_size(t);
+}
+
+std::optional<GgmlType> quant_of(const BuildConfig& b, const std::string& name) {
+  auto it = b.quantized.find(name);
+  return it == b.quantized.end() ? std::nullopt : std::optional<GgmlType>(it->second);
+}
+
+// How an engine tensor is stored: element type and layout.
+std::pair<DType, std::string> storage_of(const WeightSpec& s, DType dtype, std::optional<GgmlType> quant) {
+  if (quant) return {DType::kU8, s.kind == WeightKind::kLinear ? kCpuQuantLinearLayout : kGgmlRowsLayout};
+  if (s.kind == WeightKind::kVector) return {DType::kF32, "plain"};
+  return {dtype, s.kind == WeightKind::kLinear ? kCpuLinearLayout : "plain"};
 }
 
 // Tensors of the engine: the checkpoint's, plus a packed LM head made from the embedding when tied.
@@ -129,7 +169,7 @@ std::string MemoryPlan::to_string() const {
 
 MemoryPlan plan_memory(const ModelConfig& m, const BuildConfig& b, double kv_fraction) {
   MemoryPlan p;
-  for (const WeightSpec& s : engine_specs(m)) p.weights_bytes += stored_bytes(s, b.dtype);
+  for (const WeightSpec& s : engine_specs(m)) p.weights_bytes += stored_bytes(s, b.dtype, quant_of(b, s.name));
   p.kv_bytes_per_token = 2ull * m.num_layers * m.num_kv_heads * m.head_dim * dtype_size(b.kv_cache_dtype);
   uint64_t avail = available_host_memory();
   uint64_t free_after = avail > p.weights_bytes ? avail - p.weights_bytes : 0;
@@ -147,6 +187,12 @@ Status build_engine(const std::string& checkpoint_dir, const std::string& output
   build.dtype = info.dtype;
   KILN_RETURN_IF_ERROR(build.finalize(info.model));
   const ModelConfig& m = info.model;
+  // Quantized checkpoint tensors stay quantized; a tied LM head takes the embedding's format.
+  build.quantized.clear();
+  for (const WeightSpec& s : engine_specs(m)) {
+    const std::string& src_name = s.hf_sources.empty() ? std::string("embed.weight") : s.name;
+    if (auto it = info.quantized.find(src_name); it != info.quantized.end()) build.quantized[s.name] = it->second;
+  }
   MemoryPlan plan = plan_memory(m, build, 0.5);
   if (plan_text) *plan_text = plan.to_string();
 
@@ -158,6 +204,23 @@ Status build_engine(const std::string& checkpoint_dir, const std::string& output
     const std::string& src_name = s.hf_sources.empty() ? std::string("embed.weight") : s.name;
     const SafetensorsEntry* e = ckpt.find(src_name);
     if (!e) return not_found(rank_file + ": tensor '" + src_name + "' is missing; re-run `kiln convert`");
+    const std::optional<GgmlType> quant = quant_of(build, s.name);
+    if (quant) {
+      // Checkpoint rows of GGUF blocks: U8 [rows, row bytes].
+      const Shape want_shape{s.shape[0], static_cast<int64_t>(*ggml_row_bytes(*quant, s.shape[1]))};
+      if (e->dtype != DType::kU8 || e->shape != want_shape)
+        return invalid_argument(rank_file + ": tensor '" + src_name + "' is " + dtype_name(e->dtype) + " " +
+                                e->shape.to_string() + ", expected " + ggml_type_lower_name(*quant) + " rows uint8 " +
+                                want_shape.to_string() + "; re-run `kiln convert`");
+      if (s.kind == WeightKind::kLinear) {
+        packed.emplace_back(cpu::packed_qweight_bytes(*quant, s.shape[0], s.shape[1]));
+        cpu::pack_qweight(e->data, *quant, s.shape[0], s.shape[1], packed.back().data());
+        writer.add({s.name, DType::kU8, s.shape, kCpuQuantLinearLayout, packed.back().data(), packed.back().size()});
+      } else {
+        writer.add({s.name, DType::kU8, s.shape, kGgmlRowsLayout, e->data, e->nbytes});
+      }
+      continue;
+    }
     const DType want = s.kind == WeightKind::kVector ? DType::kF32 : build.dtype;
     if (e->dtype != want || e->shape != s.shape)
       return invalid_argument(rank_file + ": tensor '" + src_name + "' is " + dtype_name(e->dtype) + " " +
@@ -187,7 +250,7 @@ Status build_engine(const std::string& checkpoint_dir, const std::string& output
   if (!out) return data_loss(cfg_path + ": write failed");
   fs::rename(cfg_path + ".tmp", cfg_path, ec);
   if (ec) return data_loss(cfg_path + ": " + ec.message());
-  return {};
+  return copy_tokenizer_files(checkpoint_dir, output_dir).status();  // the engine dir carries its tokenizer
 }
 
 Result<Engine> load_engine(const std::string& dir) {
@@ -212,9 +275,10 @@ Result<Engine> load_engine(const std::string& dir) {
   for (const WeightSpec& s : engine_specs(engine.model)) {
     const EngineTensor* t = engine.file->find(s.name);
     if (!t) return data_loss(rank0 + ": tensor '" + s.name + "' is missing" + rebuild);
-    const DType want = s.kind == WeightKind::kVector ? DType::kF32 : engine.build.dtype;
-    const std::string layout = s.kind == WeightKind::kLinear ? kCpuLinearLayout : "plain";
-    if (t->dtype != want || t->shape != s.shape || t->layout != layout || t->nbytes != stored_bytes(s, want))
+    const std::optional<GgmlType> quant = quant_of(engine.build, s.name);
+    const auto [want, layout] = storage_of(s, engine.build.dtype, quant);
+    if (t->dtype != want || t->shape != s.shape || t->layout != layout ||
+        t->nbytes != stored_bytes(s, engine.build.dtype, quant))
       return data_loss(rank0 + ": tensor '" + s.name + "' is " + dtype_name(t->dtype) + " " + t->shape.to_string() + " " +
                        t->layout + " (" + std::to_string(t->nbytes) + " bytes), expected " + dtype_name(want) + " " +
                        s.shape.to_string() + " " + layout + rebuild);

@@ -2,10 +2,12 @@
 // holding the weights pre-packed for the backend. `kiln run` / `kiln serve` only load it.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "core/quant.h"
 #include "core/status.h"
 #include "io/engine_file.h"
 #include "model/model_config.h"
@@ -16,6 +18,10 @@ namespace kiln {
 constexpr int kEngineFormatVersion = 1;
 // Packed layout of linear weights written by this build for the CPU backend.
 constexpr const char* kCpuLinearLayout = "cpu_panel_v1";
+// Block-quantized linear weights packed for the CPU's quantized GEMM (backend/cpu/qgemm.h).
+constexpr const char* kCpuQuantLinearLayout = "cpu_qpanel_v1";
+// A block-quantized embedding table: GGUF rows as they were in the file.
+constexpr const char* kGgmlRowsLayout = "ggml_rows";
 
 struct BuildConfig {
   int64_t max_batch_size = 8;
@@ -27,13 +33,18 @@ struct BuildConfig {
   int tp_size = 1;
   int pp_size = 1;
   int tokens_per_block = 64;
-  DType dtype = DType::kF32;     // weights (from the checkpoint)
+  DType dtype = DType::kF32;     // float weights (from the checkpoint)
+  // Weights kept block-quantized (from the checkpoint), by engine tensor name: Q8_0, Q4_0 or Q4_1.
+  std::map<std::string, GgmlType> quantized;
   DType kv_cache_dtype = DType::kF32;
   std::string backend = "cpu";
 
   // Fills defaults and checks the limits against the model (e.g. max_seq_len <= max_position_embeddings).
   Status finalize(const ModelConfig& model);
+  // What the weights are, for people: "bfloat16", or "q4_1 (120 tensors), q8_0 (2); float32 otherwise".
+  std::string weight_format() const;
   nlohmann::json to_json() const;
+  nlohmann::json quantized_json() const;
   static Result<BuildConfig> from_json(const nlohmann::json& j);
 };
 

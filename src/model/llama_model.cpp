@@ -15,14 +15,33 @@ Result<Tensor> weight(const Engine& e, Backend& b, const std::string& name) {
   return b.adopt_weight(host, e.file);
 }
 
+std::optional<GgmlType> quant_of(const Engine& e, const std::string& name) {
+  auto it = e.build.quantized.find(name);
+  return it == e.build.quantized.end() ? std::nullopt : std::optional<GgmlType>(it->second);
+}
+
 Result<LinearWeight> linear(const Engine& e, Backend& b, const std::string& name) {
   const EngineTensor* t = e.file->find(name);
   if (!t) return data_loss("engine tensor '" + name + "' is missing; rebuild the engine with `kiln build`");
   LinearWeight w;
   KILN_ASSIGN_OR_RETURN(w.data, weight(e, b, name));
   w.dtype = t->dtype;
+  w.quant = quant_of(e, name);
   w.out_features = t->shape[0];
   w.in_features = t->shape[1];
+  return w;
+}
+
+Result<EmbeddingWeight> embedding(const Engine& e, Backend& b, const std::string& name) {
+  const EngineTensor* t = e.file->find(name);
+  if (!t) return data_loss("engine tensor '" + name + "' is missing; rebuild the engine with `kiln build`");
+  EmbeddingWeight w;
+  w.quant = quant_of(e, name);
+  Tensor host{const_cast<void*>(t->data), w.quant ? DType::kU8 : t->dtype,
+              w.quant ? Shape{static_cast<int64_t>(t->nbytes)} : t->shape};
+  KILN_ASSIGN_OR_RETURN(w.data, b.adopt_weight(host, e.file));
+  w.vocab = t->shape[0];
+  w.hidden = t->shape[1];
   return w;
 }
 
@@ -37,7 +56,7 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const Engine& engine, Backe
   std::unique_ptr<LlamaModel> m(new LlamaModel(engine, backend));
   const ModelConfig& c = m->config_;
   m->file_ = engine.file;
-  KILN_ASSIGN_OR_RETURN(m->embed_, weight(engine, backend, "embed.weight"));
+  KILN_ASSIGN_OR_RETURN(m->embed_, embedding(engine, backend, "embed.weight"));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     LayerWeights w;

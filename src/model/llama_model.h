@@ -63,7 +63,7 @@ class LlamaModel {
   Backend& backend_;
   int32_t window_cap_ = 0;
   std::shared_ptr<EngineFile> file_;  // keeps the mapped weights alive
-  Tensor embed_;                       // [vocab, hidden]
+  EmbeddingWeight embed_;              // [vocab, hidden]
   std::vector<LayerWeights> layers_;
   Tensor final_norm_;                  // [hidden]
   LinearWeight lm_head_;               // [vocab, hidden]

@@ -19,6 +19,7 @@
 
 #include "server/http_json.h"
 #include "server/model_config_loader.h"  // check_model_name
+#include "server/openai_api.h"
 
 namespace kiln::server {
 
@@ -121,7 +122,7 @@ std::string chunk(std::string_view data) {
   return c;
 }
 
-enum class CallKind { kInfer, kGenerate, kGenerateStream };
+enum class CallKind { kInfer, kGenerate, kGenerateStream, kOpenAi };
 
 }  // namespace
 
@@ -297,6 +298,7 @@ class Session : public std::enable_shared_from_this<Session> {
       seg.push_back(std::move(*s));
       i = j + 1;
     }
+    if (!seg.empty() && seg[0] == "v1") return route_openai(req, path);
     if (seg.empty() || seg[0] != "v2") return respond_error(http::status::not_found, "not found");
     const http::verb method = req.method();
     auto only = [&](http::verb v) { return method == v; };
@@ -405,6 +407,48 @@ class Session : public std::enable_shared_from_this<Session> {
       return start_call(std::move(*call), call->stream ? CallKind::kGenerateStream : CallKind::kGenerate);
     }
     return respond_error(http::status::not_found, "not found");
+  }
+
+  // The OpenAI API (openai_api.h): answered at once, or a call whose outputs come through on_openai().
+  void route_openai(http::request<http::string_body>& req, std::string_view path) {
+    auto body = request_body(req);
+    if (!body.ok()) return;  // answered
+    const uint64_t seq = ++call_seq_;
+    call_kind_ = CallKind::kOpenAi;
+    stream_started_ = stream_done_ = false;
+    std::weak_ptr<Session> weak = weak_from_this();
+    OpenAiEmit emit = [weak, seq](OpenAiOutput out) {
+      // Any thread: hand the output to the connection's strand; a connection already gone drops it.
+      if (auto self = weak.lock())
+        asio::post(self->executor_,
+                   [self, seq, o = std::move(out)]() mutable { self->on_openai(seq, std::move(o)); });
+    };
+    call_active_ = true;
+    self_hold_ = shared_from_this();  // the call keeps the connection alive until its final output
+    OpenAiStart started = handle_openai(impl_->core, std::string_view(req.method_string().data(), req.method_string().size()),
+                                        path, *body, std::move(emit));
+    if (started.immediate) {
+      call_active_ = false;
+      self_hold_.reset();
+      return respond(static_cast<http::status>(started.immediate->status), std::move(started.immediate->body),
+                     "application/json");
+    }
+    cancel_ = std::move(started.cancel);
+    watch();  // notices a client that goes away (-> cancel) while the call runs
+  }
+
+  void on_openai(uint64_t seq, OpenAiOutput out) {
+    if (!call_active_ || seq != call_seq_ || closed_) return;
+    if (out.final) {
+      call_active_ = false;
+      cancel_ = nullptr;
+    }
+    if (out.sse) {
+      sse_event(static_cast<http::status>(out.status), out.body, out.final);
+    } else {
+      respond(static_cast<http::status>(out.status), std::move(out.body), "application/json");
+    }
+    if (out.final) self_hold_.reset();
   }
 
   void handle_repository(http::request<http::string_body>& req, const std::vector<std::string>& seg) {
@@ -582,23 +626,30 @@ class Session : public std::enable_shared_from_this<Session> {
   // generate_stream: the status line goes out with the first reply (an error there sets it, as in Triton);
   // each reply is one SSE event, errors as {"error": ...}; the final reply ends the chunked body.
   void stream_reply(InferReply reply) {
+    std::string data;
+    if (!reply.error.ok()) {
+      data = error_json(reply.error.message());
+    } else if (!reply.outputs.empty()) {
+      data = generate_response_json(reply);
+    }
+    sse_event(http_status(reply.error), data, reply.final);
+  }
+
+  // One SSE event (`data: ...`, none when `data` is empty) of a text/event-stream response; the first one
+  // sends the status line and headers, the final one ends the chunked body.
+  void sse_event(http::status status, const std::string& data, bool final) {
     if (!stream_started_) {
       stream_started_ = true;
       keep_alive_ = keep_alive_ && !impl_->stopping;
-      const http::status st = http_status(reply.error);
-      std::string head = "HTTP/1.1 " + std::to_string(static_cast<unsigned>(st)) + " " +
-                         std::string(http::obsolete_reason(st)) +
+      std::string head = "HTTP/1.1 " + std::to_string(static_cast<unsigned>(status)) + " " +
+                         std::string(http::obsolete_reason(status)) +
                          "\r\nServer: kiln\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
                          "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n";
       if (!keep_alive_) head += "Connection: close\r\n";
       out_.push_back(head + "\r\n");
     }
-    if (!reply.error.ok()) {
-      out_.push_back(chunk("data: " + error_json(reply.error.message()) + "\n\n"));
-    } else if (!reply.outputs.empty()) {
-      out_.push_back(chunk("data: " + generate_response_json(reply) + "\n\n"));
-    }
-    if (reply.final) {
+    if (!data.empty()) out_.push_back(chunk("data: " + data + "\n\n"));
+    if (final) {
       out_.push_back("0\r\n\r\n");
       stream_done_ = true;
     }

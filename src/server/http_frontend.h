@@ -1,6 +1,6 @@
 // The HTTP/1.1 frontend (Boost.Beast): KServe v2 REST + Triton's extensions (binary tensors, generate /
-// generate_stream over SSE, statistics, repository, logging) on port 8000, or only `GET /metrics` on port
-// 8002.
+// generate_stream over SSE, statistics, repository, logging) and the OpenAI API under /v1/ (openai_api.h: this
+// file only routes to it and writes its responses) on port 8000, or only `GET /metrics` on port 8002.
 //
 // A few threads run one io_context; each connection is a session on its own strand (no thread per
 // connection), with keep-alive and pipelining. Limits come from ServerOptions: body (413), header (431), JSON

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -57,7 +58,25 @@ class TrtllmModel : public Model {
                                                    std::shared_ptr<inference::ModelConfig> config);
   ~TrtllmModel() override;
   ModelMetadata metadata() const override;
+  // The tensor contract (trtllm_tensors.h) on top of generate().
   Result<CancelFn> infer(InferCall call, ReplyFn on_reply) override;
+
+  // Token-level generation: the seam under the tensor contract and typed callers (the OpenAI API). Runs
+  // `requests` (one per row) on the executor with the call's priority and queue timeout as a Triton call
+  // gives them, counted as one call of requests.size() rows in the statistics and metrics. `on_chunk(row,
+  // chunk)` runs on the model's reply worker, in order, for every chunk of every row (a chunk per step: new
+  // tokens only); each row ends with one final chunk (an error, cancelled, or finished). After an error the
+  // other rows are cancelled. Errors before anything is queued come back here and no chunk follows.
+  struct GenerateOptions {
+    std::string client_id;               // the call's request id (the `stop` input cancels by it)
+    uint64_t priority = 0;               // Triton's request priority: 0 = the model's default
+    std::optional<uint64_t> timeout_us;  // Triton's request timeout
+  };
+  using ChunkFn = std::function<void(size_t row, const Response& chunk)>;
+  // Cancels one row, or every row (nullopt); safe after the call ended.
+  using RowCancelFn = std::function<void(std::optional<size_t> row)>;
+  Result<RowCancelFn> generate(std::vector<Request> requests, const GenerateOptions& options, ChunkFn on_chunk);
+
   void metrics(MetricsText& out) const override;
   void shutdown(std::chrono::seconds timeout) override;
   const TrtllmLimits& limits() const { return limits_; }

@@ -131,6 +131,10 @@ class ServerCore {
   Status unload_model(const std::string& name);
   Result<std::vector<ModelStats>> statistics(const std::string& name, const std::string& version) const;
 
+  // A loaded model (the latest version), for typed callers such as the OpenAI API: NotFound when unknown,
+  // Unavailable when it failed to load.
+  Result<std::shared_ptr<Model>> model(const std::string& name) const { return find(name, ""); }
+
   // Starts an inference. Errors found before anything is queued come back here (and no reply follows);
   // afterwards every outcome is a reply.
   Result<CancelFn> infer(InferCall call, ReplyFn on_reply);

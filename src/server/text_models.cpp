@@ -11,7 +11,7 @@
 #include <thread>
 
 #include "server/model_config_loader.h"
-#include "tokenizer/detokenizer.h"
+#include "server/text_stream.h"
 #include "tokenizer/utf8.h"
 
 namespace kiln::server {
@@ -651,8 +651,7 @@ struct PipelineRow {
   bool inner_stream = false;  // the tensorrt_llm call streams (client streaming, or stop strings to watch)
   bool echo = false;          // exclude_input_in_output false: the prompt leads the text
   std::vector<std::string> stops;
-  std::unique_ptr<IncrementalDetokenizer> detok;  // inner_stream
-  std::unique_ptr<StopStringMatcher> matcher;     // inner_stream with stop strings
+  std::unique_ptr<TextStream> stream;             // inner_stream: ids -> text, stop strings cut
   std::string text;                               // inner_stream: the text so far
   std::vector<std::string> beam_texts;            // the final text of each beam
   std::vector<InferTensor> extras;                // log-prob / logits outputs of the final reply
@@ -701,6 +700,8 @@ class TextGenerationModel : public Model {
     --pending_;
     record(ok, ns, 0, ok ? ns : 0, rows);
   }
+  // A typed call (text_generation_model) ended.
+  void typed_call_ended(bool ok, uint64_t ns) { record(ok, ns, 0, ok ? ns : 0, 1); }
 
   TextModelKind kind_;
   ServerCore* core_;
@@ -840,8 +841,7 @@ Result<CancelFn> TextGenerationModel::infer(InferCall call, ReplyFn on_reply) {
     // instead.
     row.inner_stream = client_stream || (!row.stops.empty() && target_decoupled && beam_width == 1 && !logs);
     if (row.inner_stream) {
-      row.detok = std::make_unique<IncrementalDetokenizer>(tok_, row.prompt_ids, skip_special_);
-      row.matcher = std::make_unique<StopStringMatcher>(row.stops);
+      row.stream = std::make_unique<TextStream>(tok_, row.prompt_ids, skip_special_, row.stops);
     }
 
     // The tensorrt_llm call, with the tensors the ensemble's preprocessing step would send.
@@ -980,33 +980,21 @@ void on_inner_reply(const std::shared_ptr<PipelineCall>& st, size_t index, Infer
       fail(internal_error("model '" + st->target + "' sent no output_ids"));
     } else if (row.inner_stream) {
       // A chunk of new tokens (beam width 1): text delta -> stop strings -> the client's stream or the total.
-      std::string delta;
-      Status err;
-      if (ids_t)
-        for (int32_t id : ids_t->values<int32_t>()) {
-          if (!known_id(*st->tok, id)) continue;
-          auto d = row.detok->add(id);
-          if (!d.ok()) {
-            err = d.status();
-            break;
-          }
-          delta += *d;
-        }
-      if (err.ok() && r.final) {
-        auto d = row.detok->finish();
-        if (d.ok())
-          delta += *d;
+      Result<TextStream::Out> o = TextStream::Out{};
+      if (ids_t) o = row.stream->add(ids_t->values<int32_t>());
+      if (o.ok() && r.final && !o->stopped) {
+        auto rest = row.stream->finish();
+        if (rest.ok())
+          o->text += *rest;
         else
-          err = d.status();
+          o = rest.status();
       }
-      if (!err.ok()) {
-        fail(err.with_context("decoding the output"));
+      if (!o.ok()) {
+        fail(o.status().with_context("decoding the output"));
       } else {
-        StopStringMatcher::Out o = row.matcher->push(delta);
-        std::string piece = std::move(o.text);
-        if (r.final && !o.stopped) piece += row.matcher->flush();
-        const bool row_done = r.final || o.stopped;
-        if (o.stopped && !r.final) {
+        std::string piece = std::move(o->text);
+        const bool row_done = r.final || o->stopped;
+        if (o->stopped && !r.final) {
           if (row.cancel)
             cancels.push_back(row.cancel);
           else
@@ -1056,27 +1044,21 @@ void on_inner_reply(const std::shared_ptr<PipelineCall>& st, size_t index, Infer
       for (int64_t b = 0; b < beams && err.ok(); ++b) {
         size_t from = static_cast<size_t>(b * len), to = from + static_cast<size_t>(seq[b]);
         if (st->target_echoes) from = std::min(to, from + row.prompt_ids.size());
-        IncrementalDetokenizer detok(st->tok, row.prompt_ids, st->skip_special);
-        std::string text;
-        for (size_t k = from; k < to && err.ok(); ++k) {
-          if (!known_id(*st->tok, ids[k])) continue;
-          auto d = detok.add(ids[k]);
-          if (d.ok())
-            text += *d;
-          else
-            err = d.status();
-        }
-        if (!err.ok()) break;
-        auto d = detok.finish();
-        if (!d.ok()) {
-          err = d.status();
+        TextStream stream(st->tok, row.prompt_ids, st->skip_special, row.stops);
+        auto o = stream.add(std::span<const int32_t>(ids.data() + from, to - from));
+        if (!o.ok()) {
+          err = o.status();
           break;
         }
-        text += *d;
-        StopStringMatcher m(row.stops);
-        StopStringMatcher::Out o = m.push(text);
-        text = std::move(o.text);
-        if (!o.stopped) text += m.flush();
+        std::string text = std::move(o->text);
+        if (!o->stopped) {
+          auto rest = stream.finish();
+          if (!rest.ok()) {
+            err = rest.status();
+            break;
+          }
+          text += *rest;
+        }
         row.beam_texts.push_back(row.echo ? row.prompt + text : text);
       }
       if (!err.ok()) {
@@ -1282,6 +1264,28 @@ Result<std::string> resolve_tokenizer_dir(const std::string& model_dir, const st
   if (auto found = resolve_model_path(model_dir, name, *tokenizer_dir)) return *found;
   return not_found("parameter tokenizer_dir='" + *tokenizer_dir +
                    "': no such folder, as given or relative to the model's folder");
+}
+
+Result<TextModelInfo> text_generation_model(ServerCore& core, const std::string& name) {
+  KILN_ASSIGN_OR_RETURN(std::shared_ptr<Model> m, core.model(name));
+  auto text = std::dynamic_pointer_cast<TextGenerationModel>(m);
+  if (!text) return not_found("model '" + name + "' does not take text (the text models are ensemble and tensorrt_llm_bls)");
+  auto target = core.model(text->target_);
+  if (!target.ok())
+    return unavailable("model '" + name + "' needs model '" + text->target_ + "': " + target.status().message());
+  auto trtllm = std::dynamic_pointer_cast<TrtllmModel>(*target);
+  if (!trtllm) return unavailable("model '" + name + "' needs model '" + text->target_ + "', which is not a tensorrt_llm model");
+  TextModelInfo info;
+  info.name = name;
+  info.tok = text->tok_;
+  info.add_special_tokens = text->add_special_;
+  info.skip_special_tokens = text->skip_special_;
+  info.target = std::move(trtllm);
+  std::weak_ptr<TextGenerationModel> weak = text;
+  info.record = [weak](bool ok, uint64_t ns) {
+    if (auto t = weak.lock()) t->typed_call_ended(ok, ns);
+  };
+  return info;
 }
 
 Result<std::shared_ptr<const Tokenizer>> shared_tokenizer(const std::string& dir) {

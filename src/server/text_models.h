@@ -6,12 +6,14 @@
 //
 // The pipeline model does not chain three models: it tokenizes itself, calls the tensorrt_llm model through
 // ServerCore::infer with the token tensors an ensemble would send (so that model's checks, limits, statistics
-// and metrics apply unchanged), and detokenizes with IncrementalDetokenizer: streamed deltas are complete
-// UTF-8 and concatenate to the non-streamed text. Stop words given as text are matched on that text
-// (StopStringMatcher), not as token sequences. The target model is looked up at call time, so load order
-// does not matter.
+// and metrics apply unchanged), and detokenizes with TextStream (text_stream.h): streamed deltas are complete
+// UTF-8 and concatenate to the non-streamed text. Stop words given as text are matched on that text, not as
+// token sequences. The target model is looked up at call time, so load order does not matter.
+// text_generation_model() hands the same tokenizer, settings and tensorrt_llm model to typed callers (the
+// OpenAI API, through text_generation.h).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,5 +43,23 @@ Result<std::string> resolve_tokenizer_dir(const std::string& model_dir, const st
 
 // Tokenizers are shared by every model that names the same folder (loaded once).
 Result<std::shared_ptr<const Tokenizer>> shared_tokenizer(const std::string& dir);
+
+class TrtllmModel;
+
+// A text-generation model (ensemble or tensorrt_llm_bls) for typed callers (the OpenAI API, through
+// text_generation.h): its tokenizer and settings, and the tensorrt_llm model it runs on, looked up now.
+struct TextModelInfo {
+  std::string name;
+  std::shared_ptr<const Tokenizer> tok;
+  bool add_special_tokens = false;  // when a prompt's text is encoded (the preprocessing model's setting)
+  bool skip_special_tokens = true;  // when the output is decoded (the postprocessing model's setting)
+  std::shared_ptr<TrtllmModel> target;
+  // Counts one call in the text model's statistics (the tensorrt_llm model counts its own).
+  std::function<void(bool ok, uint64_t duration_ns)> record;
+};
+
+// NotFound for an unknown model and for a model that does not take text (tensorrt_llm, preprocessing,
+// postprocessing); Unavailable when its tensorrt_llm model is not loaded.
+Result<TextModelInfo> text_generation_model(ServerCore& core, const std::string& name);
 
 }  // namespace kiln::server

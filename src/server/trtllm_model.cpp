@@ -104,19 +104,30 @@ Result<std::optional<std::chrono::microseconds>> queue_timeout(const inference::
   return std::optional<std::chrono::microseconds>(std::chrono::microseconds(static_cast<int64_t>(us)));
 }
 
-// What one call collects while its requests run (shared with the executor's callbacks).
-struct CallState {
-  InferCall call;
-  ReplyFn reply;
-  std::vector<Request> requests;
-  std::vector<Response> responses;  // merged chunks, per row
+// What one generate() call tracks while its rows run (shared with the executor's callbacks).
+struct GenerateState {
+  TrtllmModel::ChunkFn on_chunk;
+  std::string client_id;
+  std::mutex mu;
+  std::vector<RequestId> ids;  // executor ids of the rows queued so far
   std::vector<Clock::time_point> last_chunk;
   std::vector<bool> got_token;
   Clock::time_point start = Clock::now();
+  size_t remaining = 0;
+  bool refused = false;    // a row could not be queued: the call failed at once, chunks are dropped
+  bool failed = false;     // a row failed: the others are cancelled
+  bool cancelled = false;  // a row ended by cancellation (client gone or `stop`): counted as a failure
+};
+
+// What infer() collects for its reply: the tensor call over generate().
+struct CallState {
+  InferCall call;
+  ReplyFn reply;
+  std::vector<Request> requests;    // as parsed (the client's streaming flag, echo, pad ids)
+  std::vector<Response> responses;  // merged chunks, per row
   std::mutex mu;
   size_t remaining = 0;
   bool failed = false;
-  bool cancelled = false;  // a row ended by cancellation (client gone or `stop`): counted as a failure
 };
 
 bool was_cancelled(const Response& r) {
@@ -235,14 +246,6 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
     on_reply(std::move(r));
     return CancelFn([] {});
   }
-  auto priority = executor_priority(*config_, call.priority);
-  if (!priority.ok()) return fail_now(priority.status());
-  auto timeout = queue_timeout(*config_, call.timeout_us);
-  if (!timeout.ok()) return fail_now(timeout.status());
-  for (Request& r : parsed->requests) {
-    r.priority = *priority;
-    r.queue_timeout = *timeout;
-  }
   const bool streaming = std::any_of(parsed->requests.begin(), parsed->requests.end(), [](const Request& r) { return r.streaming; });
   if (streaming && !decoupled_)
     return fail_now(invalid_argument("streaming=true needs a decoupled model (model_transaction_policy { decoupled: true })"));
@@ -255,80 +258,121 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
   st->call = std::move(call);
   st->call.inputs.clear();  // not needed any more
   st->reply = std::move(on_reply);
-  st->requests = std::move(parsed->requests);
-  const size_t rows = st->requests.size();
-  st->responses.resize(rows);
+  st->requests = parsed->requests;
+  st->responses.resize(st->requests.size());
+  st->remaining = st->requests.size();
+  const GenerateOptions options{st->call.id, st->call.priority, st->call.timeout_us};
+  // Runs on the reply worker, in the order the engine produced the chunks.
+  auto on_chunk = [this, st](size_t row, const Response& chunk) {
+    std::unique_lock<std::mutex> lock(st->mu);
+    if (st->failed) return;
+    if (!chunk.error.ok()) {
+      st->failed = true;
+      lock.unlock();
+      st->reply(InferReply{st->call.model, version_, st->call.id, chunk.error, {}, true});
+      return;
+    }
+    if (st->requests[row].streaming) {
+      // A reply per chunk: this step's tokens; the last one flagged final.
+      std::vector<InferTensor> outs = trtllm_outputs(std::span<const Response>(&chunk, 1),
+                                                     std::span<const Request>(&st->requests[row], 1), limits_,
+                                                     st->call.requested_outputs);
+      lock.unlock();
+      st->reply(InferReply{st->call.model, version_, st->call.id, {}, std::move(outs), chunk.is_final});
+      return;
+    }
+    Response copy = chunk;
+    merge_response(st->responses[row], copy);
+    if (!chunk.is_final || --st->remaining > 0) return;
+    // Every row is done: one reply for the batch.
+    for (size_t i = 0; i < st->responses.size(); ++i) {
+      const Request& q = st->requests[i];
+      if (q.output.exclude_input_from_output) continue;  // the model's exclude_input_in_output
+      Response& r = st->responses[i];
+      for (size_t b = 0; b < r.output_ids.size(); ++b) {
+        r.output_ids[b].insert(r.output_ids[b].begin(), q.input_ids.begin(), q.input_ids.end());
+        if (b < r.sequence_lengths.size()) r.sequence_lengths[b] += static_cast<int32_t>(q.input_ids.size());
+      }
+    }
+    std::vector<InferTensor> outs = trtllm_outputs(st->responses, st->requests, limits_, st->call.requested_outputs);
+    lock.unlock();
+    st->reply(InferReply{st->call.model, version_, st->call.id, {}, std::move(outs), true});
+  };
+  auto cancel = generate(std::move(parsed->requests), options, std::move(on_chunk));
+  if (!cancel.ok()) return cancel.status();  // counted by generate()
+  return CancelFn([c = std::move(*cancel)] { c(std::nullopt); });
+}
+
+Result<TrtllmModel::RowCancelFn> TrtllmModel::generate(std::vector<Request> requests, const GenerateOptions& options,
+                                                       ChunkFn on_chunk) {
+  const auto t0 = Clock::now();
+  auto fail_now = [&](Status s) -> Result<RowCancelFn> {
+    record(false, static_cast<uint64_t>((Clock::now() - t0).count()), 0, 0);
+    return s;
+  };
+  if (requests.empty()) return fail_now(invalid_argument("no request to run"));
+  auto priority = executor_priority(*config_, options.priority);
+  if (!priority.ok()) return fail_now(priority.status());
+  auto timeout = queue_timeout(*config_, options.timeout_us);
+  if (!timeout.ok()) return fail_now(timeout.status());
+
+  auto st = std::make_shared<GenerateState>();
+  st->on_chunk = std::move(on_chunk);
+  st->client_id = options.client_id;
+  const size_t rows = requests.size();
   st->last_chunk.resize(rows, t0);
   st->got_token.resize(rows, false);
   st->remaining = rows;
   st->start = t0;
   std::weak_ptr<Model> weak = weak_from_this();
-  ++pending_;  // one per call, until its final reply
-  std::vector<RequestId> ids;
+  Executor* ex = executor_.get();
+  ++pending_;  // one per call, until its last row's final chunk
   for (size_t row = 0; row < rows; ++row) {
-    Request req = st->requests[row];
-    const bool client_streams = req.streaming;
+    Request req = std::move(requests[row]);
+    req.priority = *priority;
+    req.queue_timeout = *timeout;
     req.streaming = req.sampling.beam_width == 1;  // chunks per step even when the client gets one reply: TTFT/ITL
-    req.output.exclude_input_from_output = true;    // the prompt is prepended below when echoed
+    req.output.exclude_input_from_output = true;    // callers put the prompt in front themselves
     // Runs on the reply worker, in the order the engine produced the chunks.
-    auto handle = [this, st, row, client_streams](const Response& chunk, Clock::time_point now) {
-      if (chunk.is_final) forget_client_id(st->call.id, chunk.id);
-      std::unique_lock<std::mutex> lock(st->mu);
-      if (st->failed) return;
-      if (!chunk.error.ok()) {
-        st->failed = true;
-        --pending_;
-        record(false, static_cast<uint64_t>((now - st->start).count()), 0, 0);
-        lock.unlock();
-        st->reply(InferReply{st->call.model, version_, st->call.id, chunk.error, {}, true});
-        return;
-      }
-      const size_t tokens = chunk.output_ids.empty() ? 0 : chunk.output_ids[0].size();
-      if (tokens > 0) {
-        const double ms = std::chrono::duration<double, std::milli>(now - st->last_chunk[row]).count();
-        if (!st->got_token[row]) ttft_ms_.observe(std::chrono::duration<double, std::milli>(now - st->start).count());
-        else if (chunk.is_delta) itl_ms_.observe(ms / static_cast<double>(tokens));
-        st->got_token[row] = true;
-        st->last_chunk[row] = now;
-      }
-      if (client_streams) {
-        // A reply per chunk: this step's tokens; the last one flagged final.
-        std::vector<InferTensor> outs = trtllm_outputs(std::span<const Response>(&chunk, 1),
-                                                       std::span<const Request>(&st->requests[row], 1), limits_,
-                                                       st->call.requested_outputs);
-        const bool final = chunk.is_final;
-        if (final) {
+    auto handle = [this, st, row, rows, ex](const Response& chunk, Clock::time_point now) {
+      if (chunk.is_final) forget_client_id(st->client_id, chunk.id);
+      std::vector<RequestId> cancel_others;
+      bool call_done = false;
+      {
+        std::lock_guard<std::mutex> lock(st->mu);
+        if (st->refused) return;
+        if (!chunk.error.ok()) {
+          if (!st->failed)
+            for (RequestId id : st->ids)
+              if (id != chunk.id) cancel_others.push_back(id);
+          st->failed = true;
+        } else {
+          const size_t tokens = chunk.output_ids.empty() ? 0 : chunk.output_ids[0].size();
+          if (tokens > 0) {
+            const double ms = std::chrono::duration<double, std::milli>(now - st->last_chunk[row]).count();
+            if (!st->got_token[row]) ttft_ms_.observe(std::chrono::duration<double, std::milli>(now - st->start).count());
+            else if (chunk.is_delta) itl_ms_.observe(ms / static_cast<double>(tokens));
+            st->got_token[row] = true;
+            st->last_chunk[row] = now;
+          }
+          if (chunk.is_final) {
+            st->cancelled = st->cancelled || was_cancelled(chunk);
+            output_tokens_.observe(chunk.sequence_lengths.empty() ? 0 : chunk.sequence_lengths[0]);
+          }
+        }
+        // The statistics see the call end before its last chunk reaches the caller (a client that reads its
+        // reply then the statistics finds it counted).
+        if (chunk.is_final && --st->remaining == 0) {
+          call_done = true;
           --pending_;
-          record(!was_cancelled(chunk), static_cast<uint64_t>((now - st->start).count()), chunk.queue_ns,
-                 chunk.total_ns > chunk.queue_ns ? chunk.total_ns - chunk.queue_ns : 0);
-          output_tokens_.observe(chunk.sequence_lengths.empty() ? 0 : chunk.sequence_lengths[0]);
-        }
-        lock.unlock();
-        st->reply(InferReply{st->call.model, version_, st->call.id, {}, std::move(outs), final});
-        return;
-      }
-      Response copy = chunk;
-      merge_response(st->responses[row], copy);
-      if (!chunk.is_final) return;
-      st->cancelled = st->cancelled || was_cancelled(chunk);
-      output_tokens_.observe(chunk.sequence_lengths.empty() ? 0 : chunk.sequence_lengths[0]);
-      if (--st->remaining > 0) return;
-      // Every row is done: one reply for the batch.
-      for (size_t i = 0; i < st->responses.size(); ++i) {
-        const Request& q = st->requests[i];
-        if (q.output.exclude_input_from_output) continue;  // the model's exclude_input_in_output
-        Response& r = st->responses[i];
-        for (size_t b = 0; b < r.output_ids.size(); ++b) {
-          r.output_ids[b].insert(r.output_ids[b].begin(), q.input_ids.begin(), q.input_ids.end());
-          if (b < r.sequence_lengths.size()) r.sequence_lengths[b] += static_cast<int32_t>(q.input_ids.size());
+          const bool ok = !st->failed && !st->cancelled;
+          record(ok, static_cast<uint64_t>((now - st->start).count()), ok ? chunk.queue_ns : 0,
+                 ok && chunk.total_ns > chunk.queue_ns ? chunk.total_ns - chunk.queue_ns : 0, rows);
         }
       }
-      std::vector<InferTensor> outs = trtllm_outputs(st->responses, st->requests, limits_, st->call.requested_outputs);
-      --pending_;
-      record(!st->cancelled, static_cast<uint64_t>((now - st->start).count()), chunk.queue_ns,
-             chunk.total_ns > chunk.queue_ns ? chunk.total_ns - chunk.queue_ns : 0, st->requests.size());
-      lock.unlock();
-      st->reply(InferReply{st->call.model, version_, st->call.id, {}, std::move(outs), true});
+      for (RequestId id : cancel_others) ex->cancel(id);
+      st->on_chunk(row, chunk);
+      if (call_done) st->on_chunk = nullptr;  // (only the reply worker touches it) what it holds can go now
     };
     // On the engine thread: note the time, hand the chunk over, return to the forward pass.
     req.on_response = [this, weak, handle](const Response& chunk) {
@@ -338,26 +382,39 @@ Result<CancelFn> TrtllmModel::infer(InferCall call, ReplyFn on_reply) {
     input_tokens_.observe(static_cast<double>(req.input_ids.size()));
     Result<RequestId> id = unavailable("");
     {
-      // Registered for `stop` before its final chunk can be handled (that handler takes calls_mu_ too).
+      // Registered for `stop` before its final chunk can be handled (that handler takes calls_mu_ too), and in
+      // st->ids before any chunk of it is handled (that handler takes st->mu).
       std::lock_guard<std::mutex> lock(calls_mu_);
+      std::lock_guard<std::mutex> call_lock(st->mu);
       id = executor_->enqueue(std::move(req));
-      if (id.ok() && !st->call.id.empty()) by_client_id_.emplace(st->call.id, *id);
+      if (id.ok()) {
+        if (!st->client_id.empty()) by_client_id_.emplace(st->client_id, *id);
+        st->ids.push_back(*id);
+      } else {
+        st->refused = true;  // chunks of rows already queued are dropped; they are cancelled here
+      }
     }
     if (!id.ok()) {
+      std::vector<RequestId> queued;
       {
         std::lock_guard<std::mutex> lock(st->mu);
-        st->failed = true;  // replies of rows already queued are dropped; they are cancelled here
+        queued = st->ids;
       }
-      for (RequestId prev : ids) executor_->cancel(prev);
+      for (RequestId prev : queued) executor_->cancel(prev);
       --pending_;
       return fail_now(id.status());
     }
-    ids.push_back(*id);
   }
-  Executor* ex = executor_.get();
-  return CancelFn([weak, ex, ids] {
-    if (auto alive = weak.lock())
-      for (RequestId id : ids) ex->cancel(id);
+  return RowCancelFn([weak, ex, st](std::optional<size_t> row) {
+    auto alive = weak.lock();
+    if (!alive) return;
+    std::vector<RequestId> ids;
+    {
+      std::lock_guard<std::mutex> lock(st->mu);
+      if (row && *row < st->ids.size()) ids.push_back(st->ids[*row]);
+      if (!row) ids = st->ids;
+    }
+    for (RequestId id : ids) ex->cancel(id);
   });
 }
 

@@ -323,6 +323,65 @@ TEST(Executor, StreamingChunksAddUpToTheWholeOutput) {
   EXPECT_GE(chunks, 12);  // a chunk per step, then the final one
 }
 
+// Top log-probs travel with their tokens: the best alternative of a greedy token is the token itself with its
+// output log-prob exactly, streamed chunks add up to the whole response, and asking changes no token.
+TEST(Executor, TopLogProbsComeWithEachTokenStreamedOrNot) {
+  LoadedModel& m = load_model({.model = "llama", .max_num_tokens = 256});
+  std::mt19937 rng(8);
+  Request r;
+  r.input_ids = test::random_tokens(rng, 14, static_cast<int32_t>(m.engine.model.vocab_size));
+  r.max_new_tokens = 10;
+  r.end_ids = std::vector<int32_t>{};
+  r.output.return_log_probs = true;
+  r.sampling.repetition_penalty = 1.3f;  // the alternatives come from the processed logits
+  const Response plain = run_alone(m, r);
+  r.output.top_log_probs = 4;
+  const Response whole = run_alone(m, r);
+  ASSERT_EQ(whole.output_ids, plain.output_ids);
+  ASSERT_EQ(whole.output_log_probs, plain.output_log_probs);
+  ASSERT_EQ(whole.top_log_probs.size(), 1u);
+  ASSERT_EQ(whole.top_log_probs[0].size(), whole.output_ids[0].size());
+  for (size_t i = 0; i < whole.output_ids[0].size(); ++i) {
+    const auto& top = whole.top_log_probs[0][i];
+    ASSERT_EQ(top.size(), 4u);
+    EXPECT_EQ(top[0].token, whole.output_ids[0][i]);
+    EXPECT_EQ(top[0].log_prob, whole.output_log_probs[0][i]);
+    for (size_t k = 1; k < top.size(); ++k) EXPECT_LE(top[k].log_prob, top[k - 1].log_prob);
+  }
+  EXPECT_TRUE(plain.top_log_probs.empty());
+
+  // Sampling: the drawn token's log-prob is its entry whenever it is among the alternatives.
+  Request sampled = r;
+  sampled.sampling.temperature = 0.8f;
+  sampled.sampling.top_p = 1.0f;
+  sampled.sampling.random_seed = 17;
+  const Response s = run_alone(m, sampled);
+  for (size_t i = 0; i < s.output_ids[0].size(); ++i)
+    for (const TokenLogProb& t : s.top_log_probs[0][i])
+      if (t.token == s.output_ids[0][i]) { EXPECT_EQ(t.log_prob, s.output_log_probs[0][i]); }
+
+  r.streaming = true;
+  auto ex = make_executor(m);
+  const RequestId id = *ex->enqueue(r);
+  std::vector<std::vector<TokenLogProb>> streamed;
+  for (bool done = false; !done;) {
+    for (const Response& c : ex->await_responses(id)) {
+      ASSERT_TRUE(c.error.ok());
+      ASSERT_EQ(c.top_log_probs.size(), 1u);
+      ASSERT_EQ(c.top_log_probs[0].size(), c.output_ids[0].size());
+      streamed.insert(streamed.end(), c.top_log_probs[0].begin(), c.top_log_probs[0].end());
+      done = c.is_final;
+    }
+  }
+  EXPECT_EQ(streamed, whole.top_log_probs[0]);
+
+  Request bad = r;
+  bad.output.top_log_probs = kMaxTopLogProbs + 1;
+  auto refused = ex->enqueue(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("top_log_probs=21"), std::string::npos) << refused.status().to_string();
+}
+
 TEST(Executor, EndIdStopWordsMinLengthAndBadWords) {
   LoadedModel& m = load_model({.model = "llama", .max_num_tokens = 256});
   std::mt19937 rng(6);

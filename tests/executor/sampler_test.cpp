@@ -291,6 +291,67 @@ TEST(SamplerDraw, AskingForTheLogProbNeverChangesTheToken) {
   }
 }
 
+// Top log-probs: the k best of log_softmax(processed logits / T) (T 0 read as 1), before truncation, best
+// first with lower ids first on ties; the drawn token's entry equals Sample::log_prob exactly; asking for them
+// never changes the token or its log-prob.
+std::vector<std::pair<int32_t, double>> reference_top(const std::vector<float>& logits, float t, int k) {
+  std::vector<float> scaled(logits.size());
+  for (size_t i = 0; i < logits.size(); ++i) scaled[i] = t == 0.0f ? logits[i] : logits[i] / t;
+  const std::vector<double> p = softmax(scaled);
+  std::vector<int32_t> order(logits.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  std::vector<std::pair<int32_t, double>> out;
+  for (int i = 0; i < k && i < static_cast<int>(order.size()); ++i) out.push_back({order[i], std::log(p[order[i]])});
+  return out;
+}
+
+TEST(SamplerTopLogProbs, AreTheBestOfTheLogProbDistributionWithTheDrawnTokenExact) {
+  const int64_t vocab = 3000;
+  const std::vector<float> base = random_logits(vocab, 2.0f, 31);
+  for (const SamplingConfig& c : {sampling(0.0f), sampling(1.0f), sampling(0.7f, 40), sampling(1.3f, 0, 0.8f),
+                                  sampling(2.0f, 1)}) {
+    const int k = 7;
+    const auto want = reference_top(base, c.temperature, k);  // T 0 read as 1
+    TokenSampler with(c, 5), without(c, 5);
+    for (int step = 0; step < 30; ++step) {
+      std::vector<float> a = base, b = base;
+      const Sample got = with.sample(a.data(), vocab, true, k);
+      const Sample plain = without.sample(b.data(), vocab, true);
+      ASSERT_EQ(got.token, plain.token) << "temperature " << c.temperature << " step " << step;
+      ASSERT_EQ(got.log_prob, plain.log_prob);
+      ASSERT_EQ(got.top.size(), static_cast<size_t>(k));
+      for (int i = 0; i < k; ++i) {
+        EXPECT_EQ(got.top[i].token, want[i].first) << i;
+        EXPECT_NEAR(got.top[i].log_prob, want[i].second, 2e-5) << i;
+        if (i > 0) { EXPECT_GE(got.top[i - 1].log_prob, got.top[i].log_prob); }
+        if (got.top[i].token == got.token) { EXPECT_EQ(got.top[i].log_prob, got.log_prob); }
+      }
+      with.advance(got.token);
+      without.advance(plain.token);
+    }
+  }
+}
+
+TEST(SamplerTopLogProbs, TiesKeepLowerIdsAndKIsCappedByTheVocabulary) {
+  std::vector<float> l = {0.5f, 1.0f, 1.0f, -kInf, 1.0f};
+  TokenSampler greedy(sampling(0.0f), 1);
+  Sample got = greedy.sample(l.data(), 5, false, 3);
+  ASSERT_EQ(got.top.size(), 3u);
+  EXPECT_EQ(got.top[0].token, 1);
+  EXPECT_EQ(got.top[1].token, 2);
+  EXPECT_EQ(got.top[2].token, 4);
+  EXPECT_NEAR(got.top[0].log_prob, std::log(std::exp(1.0) / (3 * std::exp(1.0) + std::exp(0.5))), 1e-6);
+  l = {0.5f, 1.0f, 1.0f, -kInf, 1.0f};
+  TokenSampler sampled(sampling(1.0f), 1);
+  got = sampled.sample(l.data(), 5, false, 20);
+  ASSERT_EQ(got.top.size(), 5u);
+  EXPECT_EQ(got.top[3].token, 0);
+  EXPECT_EQ(got.top[4].token, 3);
+  EXPECT_EQ(got.top[4].log_prob, -kInf);
+  EXPECT_EQ(got.log_prob, 0.0f);  // not asked
+}
+
 TEST(SamplerTopPDecay, DecaysToTheFloorAndResets) {
   SamplingConfig c = sampling(1.0f, 0, 0.8f);
   c.top_p_decay = 0.5f;

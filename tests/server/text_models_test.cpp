@@ -16,6 +16,7 @@
 #include "model/checkpoint.h"
 #include "model/engine.h"
 #include "server/server_core.h"
+#include "server/text_generation.h"
 #include "server_test_repo.h"
 #include "test_util.h"
 #include "tokenizer/detokenizer.h"
@@ -567,6 +568,128 @@ TEST_F(TextModelsTest, TokenizerDirIsResolvedRelativeToTheModel) {
   EXPECT_EQ(resolve_tokenizer_dir(model_dir, "preprocessing", std::string("/no/such/dir")).status().code(),
             StatusCode::kNotFound);
   EXPECT_FALSE(resolve_tokenizer_dir(model_dir, "preprocessing", std::string("${tokenizer_dir}")).ok());
+}
+
+
+// Typed text generation (text_generation.h, what the OpenAI API runs) on the ensemble's tensorrt_llm model:
+// the same text as the tensor path, finish reasons (length, end id, stop string: the request cancelled
+// there), token counts, per-token log-probs with their alternatives, and n choices.
+struct TypedOutcome {
+  Status started;
+  std::vector<TextChunk> chunks;
+};
+
+TypedOutcome run_typed(TextGenerationCall call) {
+  struct Wait {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<TextChunk> chunks;
+    size_t finals = 0;
+  };
+  auto model = text_generation_model(*fx->core, "ensemble");
+  KILN_CHECK(model.ok(), model.status().to_string());
+  const size_t choices = call.choices.size();
+  auto w = std::make_shared<Wait>();
+  TypedOutcome o;
+  auto cancel = generate_text(*model, std::move(call), [w](TextChunk c) {
+    std::lock_guard<std::mutex> lock(w->mu);
+    w->finals += c.final;
+    w->chunks.push_back(std::move(c));
+    w->cv.notify_all();
+  });
+  if (!cancel.ok()) {
+    o.started = cancel.status();
+    return o;
+  }
+  std::unique_lock<std::mutex> lock(w->mu);
+  KILN_CHECK(w->cv.wait_for(lock, std::chrono::seconds(120), [&] { return w->finals == choices; }), "no final chunk");
+  o.chunks = w->chunks;
+  return o;
+}
+
+std::string typed_text(const TypedOutcome& o, size_t choice, const TextChunk** final = nullptr) {
+  std::string s;
+  for (const TextChunk& c : o.chunks) {
+    if (c.choice != choice) continue;
+    EXPECT_TRUE(c.error.ok()) << c.error.to_string();
+    s += c.text;
+    if (c.final && final) *final = &c;
+  }
+  return s;
+}
+
+TEST_F(TextModelsTest, TypedGenerationFinishReasonsCountsAndLogProbs) {
+  EXPECT_EQ(text_generation_model(*fx->core, "tensorrt_llm").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(text_generation_model(*fx->core, "preprocessing").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(text_generation_model(*fx->core, "nope").status().code(), StatusCode::kNotFound);
+
+  const std::vector<int32_t> prompt = *fx->tok->encode("The capital of France is", false);
+  const std::vector<int32_t> gen = generated_ids(prompt, 8);
+  Request greedy;
+  greedy.input_ids = prompt;
+  greedy.max_new_tokens = 8;
+  greedy.sampling.temperature = 0.0f;
+
+  // Length, with two choices.
+  TextGenerationCall call;
+  call.choices = {greedy, greedy};
+  TypedOutcome o = run_typed(call);
+  ASSERT_TRUE(o.started.ok()) << o.started.to_string();
+  for (size_t k = 0; k < 2; ++k) {
+    const TextChunk* last = nullptr;
+    EXPECT_EQ(typed_text(o, k, &last), detokenize(prompt, gen));
+    ASSERT_NE(last, nullptr);
+    EXPECT_EQ(last->finish, TextFinish::kLength);
+    EXPECT_EQ(last->completion_tokens, 8);
+  }
+
+  // An end id: the text before it, "stop", the end id counted.
+  call.choices = {greedy};
+  call.choices[0].end_ids = std::vector<int32_t>{gen[3]};
+  o = run_typed(call);
+  const TextChunk* last = nullptr;
+  EXPECT_EQ(typed_text(o, 0, &last), detokenize(prompt, {gen.begin(), gen.begin() + 3}));
+  EXPECT_EQ(last->finish, TextFinish::kStop);
+  EXPECT_EQ(last->completion_tokens, 4);
+
+  // A stop string: the text before it; the tokens counted end at the one that completed it.
+  const std::string full = detokenize(prompt, gen);
+  const std::string stop = full.substr(full.size() / 2, 2);
+  call.choices = {greedy};
+  call.stop = {stop};
+  o = run_typed(call);
+  EXPECT_EQ(typed_text(o, 0, &last), full.substr(0, full.find(stop)));
+  EXPECT_EQ(last->finish, TextFinish::kStop);
+  ASSERT_GT(last->completion_tokens, 0);
+  EXPECT_NE(detokenize(prompt, {gen.begin(), gen.begin() + last->completion_tokens}).find(stop), std::string::npos);
+  EXPECT_EQ(detokenize(prompt, {gen.begin(), gen.begin() + last->completion_tokens - 1}).find(stop), std::string::npos);
+
+  // Log-probs: each token with its string and its best alternatives (greedy: itself first).
+  call.stop.clear();
+  call.choices = {greedy};
+  call.choices[0].output.return_log_probs = true;
+  call.choices[0].output.top_log_probs = 3;
+  call.token_details = true;
+  o = run_typed(call);
+  std::vector<GeneratedToken> tokens;
+  for (const TextChunk& c : o.chunks) tokens.insert(tokens.end(), c.tokens.begin(), c.tokens.end());
+  ASSERT_EQ(tokens.size(), gen.size());
+  std::string joined;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    EXPECT_EQ(tokens[i].id, gen[i]);
+    ASSERT_EQ(tokens[i].top.size(), 3u);
+    EXPECT_EQ(tokens[i].top[0].id, gen[i]);
+    EXPECT_EQ(tokens[i].top[0].log_prob, tokens[i].log_prob);
+    EXPECT_EQ(tokens[i].top[0].text, tokens[i].text);
+    EXPECT_LT(tokens[i].log_prob, 0.0f);
+    joined += tokens[i].text;
+  }
+  if (joined.find("\xEF\xBF\xBD") == std::string::npos) { EXPECT_EQ(joined, full); }
+
+  // Refused before anything is queued: the tensorrt_llm model's own limits.
+  call.choices = {greedy};
+  call.choices[0].input_ids.assign(kMaxInputLen + 1, 5);
+  EXPECT_EQ(run_typed(call).started.code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

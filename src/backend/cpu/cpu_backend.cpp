@@ -7,6 +7,7 @@
 
 #include "backend/cpu/attention.h"
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/qgemm.h"
 #include "backend/cpu/vec.h"
 #include "core/checked_math.h"
 
@@ -66,14 +67,16 @@ void CpuBackend::copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t
       }
 }
 
-void CpuBackend::embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
-  const int64_t hidden = table.dim(1);
+void CpuBackend::embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) {
+  const int64_t hidden = table.hidden;
   const int32_t* id = ids.as<int32_t>();
   const auto& ops = cpu::vec_ops();
-  const size_t row_bytes = hidden * dtype_size(table.dtype);
+  const size_t row_bytes = table.quant ? *ggml_row_bytes(*table.quant, hidden) : hidden * dtype_size(table.data.dtype);
   for (int64_t t = 0; t < ids.numel(); ++t) {
-    KILN_CHECK(id[t] >= 0 && id[t] < table.dim(0), "token id out of range reached the backend");
-    ops.to_f32(table.as<char>() + id[t] * row_bytes, table.dtype, out.as<float>() + t * hidden, hidden);
+    KILN_CHECK(id[t] >= 0 && id[t] < table.vocab, "token id out of range reached the backend");
+    const char* row = table.data.as<char>() + id[t] * row_bytes;
+    if (table.quant) dequantize_row(*table.quant, row, out.as<float>() + t * hidden, hidden);
+    else ops.to_f32(row, table.data.dtype, out.as<float>() + t * hidden, hidden);
   }
 }
 
@@ -110,6 +113,11 @@ void CpuBackend::add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor
 
 void CpuBackend::linear(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& y) {
   const int64_t m = x.numel() / w.in_features;
+  if (w.quant) {
+    cpu::qgemm(x.as<float>(), w.in_features, m, w.data.data, *w.quant, w.out_features, w.in_features,
+               bias ? bias->as<float>() : nullptr, y.as<float>(), w.out_features, pool_);
+    return;
+  }
   cpu::gemm(x.as<float>(), w.in_features, m, w.data.data, w.dtype, w.out_features, w.in_features,
             bias ? bias->as<float>() : nullptr, y.as<float>(), w.out_features, pool_);
 }

@@ -18,7 +18,7 @@ class CpuBackend final : public Backend {
   Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) override;
   void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) override;
 
-  void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override;
+  void embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) override;
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
   void add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out) override;
   void linear(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& y) override;
