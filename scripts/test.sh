@@ -20,7 +20,7 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 bui
 # The server against the real Triton client library (tritonclient from pip) and the seed tutorial's own
 # client, when this kiln has the server: every endpoint over both protocols, bad input, disconnects, load.
 if build/kiln serve --help >/dev/null 2>&1; then
-  .venv/bin/pip install -q "tritonclient[all]" transformers numpy pytest requests sseclient-py grpcio-health-checking prometheus-client
+  .venv/bin/pip install -q "tritonclient[all]" transformers numpy pytest requests sseclient-py grpcio-health-checking prometheus-client openai
   KILN_BIN=build/kiln .venv/bin/python -m pytest -q -p no:cacheprovider tests/server/python
   # README command 1 end to end (GGUF -> convert -> build -> serve -> tritonclient): the answer must start as
   # llama.cpp's does for the same chat prompt on the same file (tests/data/gguf/smollm2_llamacpp_goldens.json).

@@ -476,7 +476,7 @@ TEST(CpuQgemm, ThreadCountAndLargeM) {
   struct Case {
     int64_t m, n, k;
   };
-  const Case cases[] = {{1, 600, 576}, {1, 576, 64}, {7, 150, 320}, {61, 40, 64}, {515, 48, 1536}, {130, 600, 96}};
+  const Case cases[] = {{1, 600, 576}, {1, 576, 64}, {1, 100, 576}, {9, 100, 64}, {7, 150, 320}, {61, 40, 64}, {515, 48, 1536}, {130, 600, 96}};
   std::vector<std::unique_ptr<QWeights>> ws;
   std::vector<std::vector<float>> xs, biases, want;
   for (const Case& c : cases) {

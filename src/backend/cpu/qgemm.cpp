@@ -256,31 +256,30 @@ void qgemm_with_isa(Isa isa, const float* x, int64_t ldx, int64_t m, const void*
     return;
   }
 
-  // As gemm(): chunks of panels (disjoint parts of W), rows of m too when there are few panels; k is never
-  // split, so every output is computed the same way whatever the split. Chunks are cut at panels, not
-  // groups, so that e.g. n = 576 (9 groups) splits evenly over 2 threads; a group cut in two is read as
-  // two line-disjoint halves.
+  // As gemm(): chunks of n (disjoint parts of W), rows of m too when n is narrow; k is never split, so every
+  // output is computed the same way whatever the split. Chunks are whole groups (each a sequential stream,
+  // full-width tiles) unless there are too few groups to balance the threads, then single panels: at
+  // m = 1, n = 576, k = 1536 (9 groups) panel-cut chunks streamed W at 18 GB/s, group-cut ones at 25.
+  const int64_t groups = (panels + kQgemmGroup - 1) / kQgemmGroup;
+  const int64_t unit = groups >= 2 * threads ? kQgemmGroup : 1;
+  const int64_t n_units = (panels + unit - 1) / unit;
   int64_t n_chunks, m_chunks;
   const int64_t per_thread = ThreadPool::kChunksPerThread;
-  if (m <= 8 || panels >= 2 * kQgemmGroup * threads) {
-    n_chunks = std::min<int64_t>(threads * per_thread, panels);
+  if (m <= 8 || n_units >= 2 * threads) {
+    n_chunks = std::min<int64_t>(threads * per_thread, n_units);
     m_chunks = 1;
   } else {
-    n_chunks = std::max<int64_t>(1, std::min<int64_t>(threads, panels / (2 * kQgemmGroup)));
+    n_chunks = std::max<int64_t>(1, std::min<int64_t>(threads, n_units / 2));
     m_chunks = std::max<int64_t>(threads / n_chunks, std::min<int64_t>(threads * per_thread / n_chunks, (m + 15) / 16));
     m_chunks = std::min(m_chunks, m);
   }
-  static const int mode = getenv("QG_CHUNK") ? atoi(getenv("QG_CHUNK")) : 0;
-  int64_t unit = 1;
-  if (mode == 1) { unit = kQgemmGroup; n_chunks = std::min<int64_t>(n_chunks, (panels + 3) / 4); }
-  if (mode == 2 && m_chunks == 1) n_chunks = threads;
   const int64_t units = n_chunks * m_chunks;
-  const int64_t pu = (panels + unit - 1) / unit;
   std::atomic<int64_t> next{0};
   pool.run([&](int, int) {
     for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
       const int64_t nc = u % n_chunks, mc = u / n_chunks;
-      const int64_t p0 = std::min(panels, pu * nc / n_chunks * unit), p1 = std::min(panels, pu * (nc + 1) / n_chunks * unit);
+      const int64_t p0 = std::min(panels, n_units * nc / n_chunks * unit);
+      const int64_t p1 = std::min(panels, n_units * (nc + 1) / n_chunks * unit);
       const int64_t r0 = m * mc / m_chunks, r1 = m * (mc + 1) / m_chunks;
       if (p0 < p1 && r0 < r1) fn(args, r0, r1, p0, p1);
     }

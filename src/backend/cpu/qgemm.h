@@ -19,9 +19,9 @@
 // read at once got Q4_1 to only 40-55% of a plain read's bandwidth (short streams, 8 of them); one
 // group per tile makes each thread's part of W one sequential stream: 75-100%. The decode kernel also
 // walks each group block in memory order (panel by panel): quad-major order (4 interleaved 512-byte
-// strides) had Q8_0 at ~40%, memory order 65-90%. Software prefetch (1-4 group blocks ahead) gave no
-// gain on Zen 4 (its hardware prefetcher follows the single stream); f16 scales are kept (f32 would add
-// 20% bytes to Q4_1).
+// strides) had Q8_0 at ~40%, memory order 65-90%. Neither software prefetch (1-4 group blocks ahead)
+// nor two groups per decode tile (two streams per thread) helped on Zen 4. f16 scales are kept (f32
+// would add 20% to Q4_1's bytes).
 //
 // Numerics (all kernels, and qgemm_reference; as llama.cpp's CPU path, with the scales kept in f32):
 //  * Each row of x is quantized per block of 32: amax = max |x|, d = amax / 127 (f32), id = d ? 1/d : 0,

@@ -185,6 +185,7 @@ constexpr std::array<TileFn, kMaxMR * kMaxNP> kQ8Tiles = make_table<GgmlType::kQ
 constexpr std::array<TileFn, kMaxMR * kMaxNP> kQ40Tiles = make_table<GgmlType::kQ4_0>(kSeq);
 constexpr std::array<TileFn, kMaxMR * kMaxNP> kQ41Tiles = make_table<GgmlType::kQ4_1>(kSeq);
 
+
 struct TileShape {
   int mr, np;
 };
