@@ -180,17 +180,7 @@ void gemm_with_isa(Isa isa, const float* x, int64_t ldx, int64_t m, const void* 
   // that, also split the rows of m. k is never split, so every output element is computed the same way
   // whatever the split. Several chunks per thread, taken by whichever thread is free: a thread preempted by
   // another process (or the server's own network threads) delays one chunk, not a fixed share of the work.
-  int64_t n_chunks, m_chunks;
-  const int64_t per_thread = ThreadPool::kChunksPerThread;
-  if (m <= 8 || panels >= 2 * threads) {
-    n_chunks = std::min<int64_t>(threads * per_thread, panels);
-    m_chunks = 1;
-  } else {
-    n_chunks = std::max<int64_t>(1, std::min<int64_t>(threads, panels / 2));
-    // Row chunks of at least 16 rows (each re-reads its panels of W), but at least one per thread.
-    m_chunks = std::max<int64_t>(threads / n_chunks, std::min<int64_t>(threads * per_thread / n_chunks, (m + 15) / 16));
-    m_chunks = std::min(m_chunks, m);
-  }
+  const auto [n_chunks, m_chunks] = detail::split_work(m, panels, threads);
   const int64_t units = n_chunks * m_chunks;
   std::atomic<int64_t> next{0};
   pool.run([&](int, int) {
@@ -217,6 +207,16 @@ struct Scratch {
   ~Scratch() { std::free(p); }
 };
 }  // namespace
+
+WorkSplit split_work(int64_t m, int64_t n_units, int64_t threads) {
+  const int64_t per_thread = ThreadPool::kChunksPerThread;
+  if (m <= 8 || n_units >= 2 * threads) return {std::min<int64_t>(threads * per_thread, n_units), 1};
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(threads, n_units / 2));
+  // Row chunks of at least 16 rows (each re-reads its part of W), but at least one per thread.
+  const int64_t m_chunks =
+      std::max<int64_t>(threads / n_chunks, std::min<int64_t>(threads * per_thread / n_chunks, (m + 15) / 16));
+  return {n_chunks, std::min(m_chunks, m)};
+}
 
 void* thread_scratch(size_t bytes) {
   thread_local Scratch s;

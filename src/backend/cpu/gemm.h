@@ -100,6 +100,15 @@ void gemm_block_avx2(const GemmArgs& a, int64_t r0, int64_t r1, int64_t p0, int6
 // kF32/kF16 need AVX-512F/BW/VL + FMA + F16C; kBF16 additionally AVX512_BF16.
 void gemm_block_avx512(const GemmArgs& a, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
 
+// How the GEMMs split their work over a pool: `n_units` units of n (panels, or groups of panels) into
+// n_chunks, and, when there are too few units to keep every thread busy, the m rows into m_chunks (of at
+// least 16 rows, but at least one per thread). Several chunks per thread (ThreadPool::kChunksPerThread),
+// taken by whichever thread is free. k is never split, so no output depends on the split.
+struct WorkSplit {
+  int64_t n_chunks, m_chunks;
+};
+WorkSplit split_work(int64_t m, int64_t n_units, int64_t threads);
+
 // Per-thread scratch, 64-byte aligned, grown on demand (never shrinks).
 void* thread_scratch(size_t bytes);
 

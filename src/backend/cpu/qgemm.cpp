@@ -263,16 +263,7 @@ void qgemm_with_isa(Isa isa, const float* x, int64_t ldx, int64_t m, const void*
   const int64_t groups = (panels + kQgemmGroup - 1) / kQgemmGroup;
   const int64_t unit = groups >= 2 * threads ? kQgemmGroup : 1;
   const int64_t n_units = (panels + unit - 1) / unit;
-  int64_t n_chunks, m_chunks;
-  const int64_t per_thread = ThreadPool::kChunksPerThread;
-  if (m <= 8 || n_units >= 2 * threads) {
-    n_chunks = std::min<int64_t>(threads * per_thread, n_units);
-    m_chunks = 1;
-  } else {
-    n_chunks = std::max<int64_t>(1, std::min<int64_t>(threads, n_units / 2));
-    m_chunks = std::max<int64_t>(threads / n_chunks, std::min<int64_t>(threads * per_thread / n_chunks, (m + 15) / 16));
-    m_chunks = std::min(m_chunks, m);
-  }
+  const auto [n_chunks, m_chunks] = detail::split_work(m, n_units, threads);
   const int64_t units = n_chunks * m_chunks;
   std::atomic<int64_t> next{0};
   pool.run([&](int, int) {
