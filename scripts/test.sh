@@ -20,11 +20,14 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 bui
 # The server against the real Triton client library (tritonclient from pip) and the seed tutorial's own
 # client, when this kiln has the server: every endpoint over both protocols, bad input, disconnects, load.
 if build/kiln serve --help >/dev/null 2>&1; then
-  .venv/bin/pip install -q "tritonclient[all]" transformers numpy pytest requests sseclient-py grpcio-health-checking prometheus-client openai
+  .venv/bin/pip install -q "tritonclient[all]" transformers numpy pytest requests sseclient-py grpcio-health-checking prometheus-client openai jinja2
   KILN_BIN=build/kiln .venv/bin/python -m pytest -q -p no:cacheprovider tests/server/python
   # README command 1 end to end (GGUF -> convert -> build -> serve -> tritonclient): the answer must start as
   # llama.cpp's does for the same chat prompt on the same file (tests/data/gguf/smollm2_llamacpp_goldens.json).
-  answer=$(KILN_WORK_DIR="$(mktemp -d)" bash scripts/quickstart.sh | tee /dev/stderr | sed -n '/^A: /,/^quickstart: done/p')
+  qs_log=$(mktemp)
+  KILN_WORK_DIR="$(mktemp -d)" bash scripts/quickstart.sh >"$qs_log"
+  cat "$qs_log"
+  answer=$(sed -n '/^A: /,/^quickstart: done/p' "$qs_log")
   echo "$answer" | grep -q "^A: The color of the sky is" || { echo "quickstart: unexpected answer: $answer"; exit 1; }
 else
   echo "server: not built (no gRPC/protobuf), its client tests skipped"
