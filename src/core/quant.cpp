@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "core/checked_math.h"
 #include "core/dtype.h"
@@ -138,6 +139,13 @@ inline void k_scale_min(const uint8_t* s, int j, int& scale, int& min) {
   }
 }
 
+// Sub-block j's scale and min in f32: d * its 6-bit scale, dmin * its 6-bit min.
+std::pair<float, float> k_sub_block(const uint8_t* scales, int j, float d, float dmin) {
+  int sc, m;
+  k_scale_min(scales, j, sc, m);
+  return {d * static_cast<float>(sc), dmin * static_cast<float>(m)};
+}
+
 void dequant_q4_k(const uint8_t* b, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, b += 144) {
     const float d = half_at(b);
@@ -146,11 +154,8 @@ void dequant_q4_k(const uint8_t* b, float* y, int64_t nb) {
     const uint8_t* qs = b + 16;
     // Four chunks of 64 values: the low nibbles of 32 bytes are one sub-block, their high nibbles the next.
     for (int c = 0; c < 4; ++c, qs += 32, y += 64) {
-      int sc, m;
-      k_scale_min(scales, 2 * c, sc, m);
-      const float d_lo = d * static_cast<float>(sc), m_lo = dmin * static_cast<float>(m);
-      k_scale_min(scales, 2 * c + 1, sc, m);
-      const float d_hi = d * static_cast<float>(sc), m_hi = dmin * static_cast<float>(m);
+      const auto [d_lo, m_lo] = k_sub_block(scales, 2 * c, d, dmin);
+      const auto [d_hi, m_hi] = k_sub_block(scales, 2 * c + 1, d, dmin);
       for (int l = 0; l < 32; ++l) {
         y[l] = d_lo * static_cast<float>(qs[l] & 0x0f) - m_lo;
         y[l + 32] = d_hi * static_cast<float>(qs[l] >> 4) - m_hi;
@@ -168,11 +173,8 @@ void dequant_q5_k(const uint8_t* b, float* y, int64_t nb) {
     const uint8_t* qs = b + 48;
     // As Q4_K, plus a fifth bit per value: bit s of qh[l] belongs to value l of sub-block s.
     for (int c = 0; c < 4; ++c, qs += 32, y += 64) {
-      int sc, m;
-      k_scale_min(scales, 2 * c, sc, m);
-      const float d_lo = d * static_cast<float>(sc), m_lo = dmin * static_cast<float>(m);
-      k_scale_min(scales, 2 * c + 1, sc, m);
-      const float d_hi = d * static_cast<float>(sc), m_hi = dmin * static_cast<float>(m);
+      const auto [d_lo, m_lo] = k_sub_block(scales, 2 * c, d, dmin);
+      const auto [d_hi, m_hi] = k_sub_block(scales, 2 * c + 1, d, dmin);
       const int s_lo = 2 * c, s_hi = 2 * c + 1;
       for (int l = 0; l < 32; ++l) {
         const int lo = (qs[l] & 0x0f) | ((qh[l] >> s_lo) & 1) << 4;

@@ -17,7 +17,6 @@
 
 #include <gtest/gtest.h>
 #include <utf8proc.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -31,6 +30,7 @@
 #include <vector>
 
 #include "test_util.h"
+#include "tokenizer/golden_files.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -40,35 +40,9 @@ namespace {
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-std::string read_gz(const std::string& path) {
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) return {};
-  std::string data;
-  char buf[1 << 16];
-  int n;
-  while ((n = gzread(f, buf, sizeof(buf))) > 0) data.append(buf, static_cast<size_t>(n));
-  gzclose(f);
-  return data;
-}
-
-std::vector<std::string> lines_of(const std::string& data) {
-  std::vector<std::string> lines;
-  size_t start = 0;
-  while (start < data.size()) {
-    size_t nl = data.find('\n', start);
-    if (nl == std::string::npos) nl = data.size();
-    if (nl > start) lines.push_back(data.substr(start, nl - start));
-    start = nl + 1;
-  }
-  return lines;
-}
-
-std::string ids_str(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (size_t i = 0; i < ids.size() && i < 40; ++i) s += (i ? "," : "") + std::to_string(ids[i]);
-  if (ids.size() > 40) s += ",...";
-  return s;
-}
+using test::ids_str;
+using test::lines_of;
+using test::read_gz;
 
 void write_file(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);

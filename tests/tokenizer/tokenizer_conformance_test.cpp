@@ -1,13 +1,13 @@
 // Conformance with Hugging Face `tokenizers` 0.23.2: the golden files hold its
 // encode / decode results for every line of the corpus, for four tokenizers.
 #include <gtest/gtest.h>
-#include <zlib.h>
 
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "test_util.h"
+#include "tokenizer/golden_files.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kiln {
@@ -15,31 +15,8 @@ namespace {
 
 using nlohmann::json;
 
-std::vector<std::string> read_gz_lines(const std::string& path) {
-  std::vector<std::string> lines;
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) return lines;
-  std::string data;
-  char buf[1 << 16];
-  int n;
-  while ((n = gzread(f, buf, sizeof(buf))) > 0) data.append(buf, static_cast<size_t>(n));
-  gzclose(f);
-  size_t start = 0;
-  while (start < data.size()) {
-    size_t nl = data.find('\n', start);
-    if (nl == std::string::npos) nl = data.size();
-    if (nl > start) lines.push_back(data.substr(start, nl - start));
-    start = nl + 1;
-  }
-  return lines;
-}
-
-std::string ids_str(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (size_t i = 0; i < ids.size() && i < 40; ++i) s += (i ? "," : "") + std::to_string(ids[i]);
-  if (ids.size() > 40) s += ",...";
-  return s;
-}
+std::vector<std::string> read_gz_lines(const std::string& path) { return test::lines_of(test::read_gz(path)); }
+using test::ids_str;
 
 class Conformance : public ::testing::TestWithParam<std::string> {};
 
