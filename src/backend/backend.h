@@ -103,6 +103,12 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // Element type of the activations of a model whose float weights are `weights`: f32 on the CPU; the GPU
+  // computes in the weights' f16 / bf16 (f32 weights: f32).
+  virtual DType activation_dtype(DType weights) const { return DType::kF32; }
+  // Bytes the KV cache may draw from (kv_cache_free_gpu_mem_fraction is of this): device memory still free
+  // on a GPU, available host memory on the CPU.
+  virtual uint64_t free_memory() const = 0;
 
   // --- memory
   virtual Result<DeviceBuffer> allocate(size_t bytes) = 0;
@@ -116,14 +122,18 @@ class Backend {
   // block it shared with its parent beam.
   virtual void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) = 0;
 
-  // --- ops (activations are f32 on the CPU backend)
+  // Called once per forward, before its ops, with the batch layout they will all get (a GPU uploads the
+  // block tables and positions here once instead of per layer).
+  virtual Status begin_forward(const AttentionBatch& batch) { return {}; }
+
+  // --- ops (activations are of activation_dtype(); logits may be f32 where activations are not)
   // out[t, :] = table[ids[t], :]                    table [vocab, hidden], ids [T] i32, out [T, hidden]
   virtual void embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) = 0;
   // out = x / rms(x) * weight, row-wise            x, out [rows, dim], weight [dim]
   virtual void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
   // residual += delta; out = rmsnorm(residual)     [rows, dim]
   virtual void add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out) = 0;
-  // y = x W^T + bias                                x [T, in], y [T, out], bias [out] or null
+  // y = x W^T + bias                                x [T, in], y [T, out] (x's type or f32), bias [out] f32 or null
   virtual void linear(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& y) = 0;
   // Splits qkv [T, (H + 2*KVH) * D] into q_out [T, H * D] and the layer's KV cache slots of each token:
   // optional per-head q/k RMSNorm, then RoPE with cos_sin [T, rotary_dim] (cos | sin halves, pre-scaled).

@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "backend/cpu/cpu_backend.h"
+#include "backend/backend_factory.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/executor_flags.h"
@@ -220,7 +220,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
         return invalid_argument("a request of " + std::to_string(s.input) + " in / " + std::to_string(s.output) +
                                 " out exceeds the engine (max_input_len " + std::to_string(engine.build.max_input_len) +
                                 ", max_seq_len " + std::to_string(engine.build.max_seq_len) + ")");
-    CpuBackend backend;
+    KILN_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend_ptr, make_backend(engine.build.backend));
+    Backend& backend = *backend_ptr;
     KILN_ASSIGN_OR_RETURN(auto model, LlamaModel::load(engine, backend));
     KILN_ASSIGN_OR_RETURN(auto executor, Executor::create(*model, backend, config));
     const int64_t vocab = engine.model.vocab_size;

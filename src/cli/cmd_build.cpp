@@ -20,6 +20,7 @@ int cmd_build(const std::vector<std::string>& argv) {
       {"tokens_per_block", true, "KV cache block size in tokens (64)"},
       {"tp_size", true, "tensor-parallel ranks (1)"},
       {"pp_size", true, "pipeline-parallel ranks (1)"},
+      {"backend", true, "cpu (weights packed for the CPU kernels) or cuda (plain row-major for cuBLASLt) (cpu)"},
   };
   if (wants_help(argv)) {
     std::fputs(usage("build", "Validates limits, plans memory and packs weights into an engine dir.", specs).c_str(), stdout);
@@ -51,6 +52,7 @@ int cmd_build(const std::vector<std::string>& argv) {
     b.tp_size = static_cast<int>(tp);
     b.pp_size = static_cast<int>(pp);
     if (auto g = a.get("gemm_plugin")) b.gemm_plugin = *g;
+    if (auto be = a.get("backend")) b.backend = *be;
     std::string plan;
     KILN_RETURN_IF_ERROR(build_engine(ckpt, out, b, &plan));
     std::printf("kiln build: memory plan\n%s", plan.c_str());

@@ -6,7 +6,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "backend/cpu/cpu_backend.h"
+#include "backend/backend_factory.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/executor_flags.h"
@@ -50,7 +50,8 @@ int cmd_chat(const std::vector<std::string>& argv) {
       return failed_precondition(tok_dir + ": tokenizer_config.json has no chat_template; this model is not a chat model");
 
     KILN_ASSIGN_OR_RETURN(Engine engine, load_engine(dir));
-    CpuBackend backend;
+    KILN_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend_ptr, make_backend(engine.build.backend));
+    Backend& backend = *backend_ptr;
     KILN_ASSIGN_OR_RETURN(auto model, LlamaModel::load(engine, backend));
     KILN_ASSIGN_OR_RETURN(auto executor, Executor::create(*model, backend, config));
 

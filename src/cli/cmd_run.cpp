@@ -4,7 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "backend/cpu/cpu_backend.h"
+#include "backend/backend_factory.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/executor_flags.h"
@@ -97,7 +97,8 @@ int cmd_run(const std::vector<std::string>& argv) {
     if (prompts.empty()) return invalid_argument("give --input_ids, --input_file or --input_text");
 
     KILN_ASSIGN_OR_RETURN(Engine engine, load_engine(dir));
-    CpuBackend backend;
+    KILN_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend_ptr, make_backend(engine.build.backend));
+    Backend& backend = *backend_ptr;
     KILN_ASSIGN_OR_RETURN(auto model, LlamaModel::load(engine, backend));
     KILN_ASSIGN_OR_RETURN(auto executor, Executor::create(*model, backend, config));
     const bool as_json = a.has("json");

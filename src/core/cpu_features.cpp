@@ -1,5 +1,7 @@
 #include "core/cpu_features.h"
 
+#include <fstream>
+
 #include <cpuid.h>
 
 #include <cstdlib>
@@ -64,6 +66,15 @@ std::string CpuFeatures::to_string() const {
 const CpuFeatures& cpu_features() {
   static const CpuFeatures f = detect();
   return f;
+}
+
+uint64_t available_host_memory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  uint64_t kb;
+  while (in >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return 8ull << 30;
 }
 
 }  // namespace kiln

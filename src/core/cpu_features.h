@@ -1,6 +1,7 @@
-// What SIMD the CPU we run on has, read once with cpuid (kernels are chosen at run time).
+// What the host we run on has: SIMD read once with cpuid (kernels are chosen at run time), and memory.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace kiln {
@@ -19,5 +20,8 @@ struct CpuFeatures {
 
 // Features of this CPU; KILN_CPU_ISA=scalar|avx2|avx512 caps what kernels may use (for tests).
 const CpuFeatures& cpu_features();
+
+// MemAvailable of /proc/meminfo (8 GiB when unreadable).
+uint64_t available_host_memory();
 
 }  // namespace kiln

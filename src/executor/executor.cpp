@@ -65,9 +65,12 @@ Result<std::unique_ptr<Executor>> Executor::create(LlamaModel& model, Backend& b
     budget = *c.kv_cache.max_bytes;
     why << "byte budget " << human_bytes(budget);
   } else {
-    budget = static_cast<uint64_t>(static_cast<double>(available_host_memory()) * c.kv_cache.free_mem_fraction);
-    why << "kv_cache_free_gpu_mem_fraction " << c.kv_cache.free_mem_fraction << " of free host memory = "
-        << human_bytes(budget);
+    // The activation workspace for a full step is taken first, so the KV cache gets what is left.
+    KILN_RETURN_IF_ERROR(model.reserve_workspace());
+    const uint64_t free = backend.free_memory();
+    budget = static_cast<uint64_t>(static_cast<double>(free) * c.kv_cache.free_mem_fraction);
+    why << "kv_cache_free_gpu_mem_fraction " << c.kv_cache.free_mem_fraction << " of " << human_bytes(free) << " free "
+        << (backend.name() == "cpu" ? "host" : backend.name()) << " memory = " << human_bytes(budget);
   }
   int64_t blocks = static_cast<int64_t>(budget / block_bytes);
   if (c.kv_cache.max_tokens) {

@@ -6,6 +6,7 @@
 
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/qgemm.h"
+#include "core/cpu_features.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/weight_names.h"
@@ -46,7 +47,7 @@ Status BuildConfig::finalize(const ModelConfig& m) {
       return invalid_argument("--gemm_plugin " + gemm_plugin + " does not match the checkpoint dtype " + dtype_name(dtype) +
                               "; convert with --dtype " + gemm_plugin + " or pass --gemm_plugin auto");
   }
-  if (backend != "cpu") return unimplemented("backend '" + backend + "' is not built into this kiln (cpu only)");
+  if (backend != "cpu" && backend != "cuda") return invalid_argument("--backend '" + backend + "': expected cpu or cuda");
   kv_cache_dtype = dtype;
   return {};
 }
@@ -107,13 +108,17 @@ Result<BuildConfig> BuildConfig::from_json(const json& j) {
 
 namespace {
 
-size_t stored_bytes(const WeightSpec& s, DType dtype, std::optional<GgmlType> quant) {
+// The CUDA backend reads linear weights as they are ([out, in] row major: cuBLASLt's transposed A); the
+// CPU's GEMMs want them packed in panels.
+bool packs_for_cpu(const BuildConfig& b) { return b.backend == "cpu"; }
+
+size_t stored_bytes(const WeightSpec& s, const BuildConfig& b, std::optional<GgmlType> quant) {
   if (quant) {
     if (s.kind == WeightKind::kLinear) return cpu::packed_qweight_bytes(*quant, s.shape[0], s.shape[1]);
     return static_cast<size_t>(s.shape[0]) * *ggml_row_bytes(*quant, s.shape[1]);
   }
-  const DType t = s.kind == WeightKind::kVector ? DType::kF32 : dtype;
-  if (s.kind == WeightKind::kLinear) return cpu::packed_weight_bytes(t, s.shape[0], s.shape[1]);
+  const DType t = s.kind == WeightKind::kVector ? DType::kF32 : b.dtype;
+  if (s.kind == WeightKind::kLinear && packs_for_cpu(b)) return cpu::packed_weight_bytes(t, s.shape[0], s.shape[1]);
   return static_cast<size_t>(s.shape.numel()) * dtype_size(t);
 }
 
@@ -123,10 +128,10 @@ std::optional<GgmlType> quant_of(const BuildConfig& b, const std::string& name) 
 }
 
 // How an engine tensor is stored: element type and layout.
-std::pair<DType, std::string> storage_of(const WeightSpec& s, DType dtype, std::optional<GgmlType> quant) {
+std::pair<DType, std::string> storage_of(const WeightSpec& s, const BuildConfig& b, std::optional<GgmlType> quant) {
   if (quant) return {DType::kU8, s.kind == WeightKind::kLinear ? kCpuQuantLinearLayout : kGgmlRowsLayout};
   if (s.kind == WeightKind::kVector) return {DType::kF32, "plain"};
-  return {dtype, s.kind == WeightKind::kLinear ? kCpuLinearLayout : "plain"};
+  return {b.dtype, s.kind == WeightKind::kLinear && packs_for_cpu(b) ? kCpuLinearLayout : "plain"};
 }
 
 // Tensors of the engine: the checkpoint's, plus a packed LM head made from the embedding when tied.
@@ -137,16 +142,6 @@ std::vector<WeightSpec> engine_specs(const ModelConfig& m) {
 }
 
 }  // namespace
-
-uint64_t available_host_memory() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  uint64_t kb;
-  std::string unit;
-  while (in >> key >> kb >> unit)
-    if (key == "MemAvailable:") return kb * 1024;
-  return 8ull << 30;
-}
 
 std::string human_bytes(uint64_t b) {
   std::ostringstream os;
@@ -169,7 +164,7 @@ std::string MemoryPlan::to_string() const {
 
 MemoryPlan plan_memory(const ModelConfig& m, const BuildConfig& b, double kv_fraction) {
   MemoryPlan p;
-  for (const WeightSpec& s : engine_specs(m)) p.weights_bytes += stored_bytes(s, b.dtype, quant_of(b, s.name));
+  for (const WeightSpec& s : engine_specs(m)) p.weights_bytes += stored_bytes(s, b, quant_of(b, s.name));
   p.kv_bytes_per_token = 2ull * m.num_layers * m.num_kv_heads * m.head_dim * dtype_size(b.kv_cache_dtype);
   uint64_t avail = available_host_memory();
   uint64_t free_after = avail > p.weights_bytes ? avail - p.weights_bytes : 0;
@@ -193,6 +188,9 @@ Status build_engine(const std::string& checkpoint_dir, const std::string& output
     const std::string& src_name = s.hf_sources.empty() ? std::string("embed.weight") : s.name;
     if (auto it = info.quantized.find(src_name); it != info.quantized.end()) build.quantized[s.name] = it->second;
   }
+  if (!build.quantized.empty() && build.backend != "cpu")
+    return unimplemented("the checkpoint keeps " + build.weight_format() + " weights, which only the cpu backend runs; "
+                         "for --backend " + build.backend + ", convert with --dtype float16 or bfloat16 (dequantizes)");
   MemoryPlan plan = plan_memory(m, build, 0.5);
   if (plan_text) *plan_text = plan.to_string();
 
@@ -226,7 +224,7 @@ Status build_engine(const std::string& checkpoint_dir, const std::string& output
       return invalid_argument(rank_file + ": tensor '" + src_name + "' is " + dtype_name(e->dtype) + " " +
                               e->shape.to_string() + ", expected " + dtype_name(want) + " " + s.shape.to_string() +
                               "; re-run `kiln convert`");
-    if (s.kind == WeightKind::kLinear) {
+    if (s.kind == WeightKind::kLinear && packs_for_cpu(build)) {
       packed.emplace_back(cpu::packed_weight_bytes(want, s.shape[0], s.shape[1]));  // 64-byte aligned
       cpu::pack_weight(e->data, e->dtype, s.shape[0], s.shape[1], want, packed.back().data());
       writer.add({s.name, want, s.shape, kCpuLinearLayout, packed.back().data(), packed.back().size()});
@@ -276,9 +274,9 @@ Result<Engine> load_engine(const std::string& dir) {
     const EngineTensor* t = engine.file->find(s.name);
     if (!t) return data_loss(rank0 + ": tensor '" + s.name + "' is missing" + rebuild);
     const std::optional<GgmlType> quant = quant_of(engine.build, s.name);
-    const auto [want, layout] = storage_of(s, engine.build.dtype, quant);
+    const auto [want, layout] = storage_of(s, engine.build, quant);
     if (t->dtype != want || t->shape != s.shape || t->layout != layout ||
-        t->nbytes != stored_bytes(s, engine.build.dtype, quant))
+        t->nbytes != stored_bytes(s, engine.build, quant))
       return data_loss(rank0 + ": tensor '" + s.name + "' is " + dtype_name(t->dtype) + " " + t->shape.to_string() + " " +
                        t->layout + " (" + std::to_string(t->nbytes) + " bytes), expected " + dtype_name(want) + " " +
                        s.shape.to_string() + " " + layout + rebuild);

@@ -48,8 +48,6 @@ struct BuildConfig {
   static Result<BuildConfig> from_json(const nlohmann::json& j);
 };
 
-// MemAvailable of /proc/meminfo (8 GiB when unreadable).
-uint64_t available_host_memory();
 // "1.5 GiB", "320 KiB".
 std::string human_bytes(uint64_t bytes);
 

@@ -1,5 +1,6 @@
 #include "model/llama_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -53,7 +54,11 @@ Result<Tensor> optional_weight(const Engine& e, Backend& b, const std::string& n
 }  // namespace
 
 Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const Engine& engine, Backend& backend) {
+  if (engine.build.backend != backend.name())
+    return failed_precondition("the engine was built for the " + engine.build.backend + " backend, not " +
+                               backend.name() + "; rebuild it with `kiln build --backend " + backend.name() + "`");
   std::unique_ptr<LlamaModel> m(new LlamaModel(engine, backend));
+  m->act_ = backend.activation_dtype(engine.build.dtype);
   const ModelConfig& c = m->config_;
   m->file_ = engine.file;
   KILN_ASSIGN_OR_RETURN(m->embed_, embedding(engine, backend, "embed.weight"));
@@ -110,16 +115,16 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
   const Part parts[] = {
       {&ids_, DType::kI32, {T}},
       {&cos_sin_, DType::kF32, {T, c.rope.rotary_dim}},
-      {&x_, DType::kF32, {T, c.hidden_size}},
-      {&h_, DType::kF32, {T, c.hidden_size}},
-      {&qkv_, DType::kF32, {T, c.qkv_dim()}},
-      {&q_, DType::kF32, {T, c.q_dim()}},
-      {&attn_, DType::kF32, {T, c.q_dim()}},
-      {&proj_, DType::kF32, {T, c.hidden_size}},
-      {&gate_up_, DType::kF32, {T, 2 * c.intermediate_size}},
-      {&act_, DType::kF32, {T, c.intermediate_size}},
-      {&final_h_, DType::kF32, {R, c.hidden_size}},
-      {&logits_, DType::kF32, {R, c.vocab_size}},
+      {&x_, act_, {T, c.hidden_size}},
+      {&h_, act_, {T, c.hidden_size}},
+      {&qkv_, act_, {T, c.qkv_dim()}},
+      {&q_, act_, {T, c.q_dim()}},
+      {&attn_, act_, {T, c.q_dim()}},
+      {&proj_, act_, {T, c.hidden_size}},
+      {&gate_up_, act_, {T, 2 * c.intermediate_size}},
+      {&mlp_act_, act_, {T, c.intermediate_size}},
+      {&final_h_, act_, {R, c.hidden_size}},
+      {&logits_, DType::kF32, {R, c.vocab_size}},  // logits are f32 on every backend
   };
   size_t total = 0;
   for (const Part& p : parts) total += (static_cast<size_t>(p.shape.numel()) * dtype_size(p.dtype) + 63) / 64 * 64;
@@ -132,6 +137,10 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
   ws_tokens_ = T;
   ws_logit_rows_ = R;
   return {};
+}
+
+Status LlamaModel::reserve_workspace() {
+  return ensure_workspace(build_.max_num_tokens, std::min(build_.max_num_tokens, build_.max_batch_size * build_.max_beam_width));
 }
 
 // cos | sin of every token's position, with the frequencies of its sequence at this step
@@ -177,9 +186,10 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
       if (b < 0 || b >= kv.spec.num_blocks) return invalid_argument("forward: KV block id out of range");
   }
   KILN_RETURN_IF_ERROR(ensure_workspace(T, R));
+  KILN_RETURN_IF_ERROR(backend_.begin_forward(batch.attention));
   Tensor ids = ids_.rows(0, T), cos_sin = cos_sin_.rows(0, T), x = x_.rows(0, T), h = h_.rows(0, T),
          qkv = qkv_.rows(0, T), q = q_.rows(0, T), attn = attn_.rows(0, T), proj = proj_.rows(0, T),
-         gate_up = gate_up_.rows(0, T), act = act_.rows(0, T), final_h = final_h_.rows(0, R),
+         gate_up = gate_up_.rows(0, T), act = mlp_act_.rows(0, T), final_h = final_h_.rows(0, R),
          out_logits = logits_.rows(0, R);
 
   std::vector<float> cs;

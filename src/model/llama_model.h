@@ -49,6 +49,10 @@ class LlamaModel {
   // The window layer l attends over (0 = the whole sequence).
   int32_t attention_window(size_t layer) const;
 
+  // Allocates the activation workspace for the largest step the build allows (max_num_tokens tokens, a
+  // logit row per sequence and beam), so that memory left for the KV cache is really free.
+  Status reserve_workspace();
+
   // Runs the batch, writing each sequence's new K/V into `kv`, and returns f32 logits
   // [logit_rows.size(), vocab] in `logits` (host).
   Status forward(const ForwardBatch& batch, KvStorage& kv, std::vector<float>* logits);
@@ -61,6 +65,7 @@ class LlamaModel {
   ModelConfig config_;
   BuildConfig build_;
   Backend& backend_;
+  DType act_ = DType::kF32;  // activation type (backend_.activation_dtype of the weights)
   int32_t window_cap_ = 0;
   std::shared_ptr<EngineFile> file_;  // keeps the mapped weights alive
   EmbeddingWeight embed_;              // [vocab, hidden]
@@ -71,7 +76,7 @@ class LlamaModel {
   // Activation workspace, grown on demand; views are [T, ...] of the current batch.
   int64_t ws_tokens_ = 0, ws_logit_rows_ = 0;
   DeviceBuffer ws_;
-  Tensor ids_, cos_sin_, x_, h_, qkv_, q_, attn_, proj_, gate_up_, act_, final_h_, logits_;
+  Tensor ids_, cos_sin_, x_, h_, qkv_, q_, attn_, proj_, gate_up_, mlp_act_, final_h_, logits_;
 };
 
 }  // namespace kiln

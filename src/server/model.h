@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "backend/cpu/cpu_backend.h"
+#include "backend/backend.h"
 #include "executor/executor.h"
 #include "model/engine.h"
 #include "model_config.pb.h"
@@ -86,7 +86,7 @@ class TrtllmModel : public Model {
       : Model(std::move(name), std::move(config)) {}
 
   Engine engine_;
-  CpuBackend backend_;
+  std::unique_ptr<Backend> backend_;  // the engine's (cpu or cuda)
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<Executor> executor_;
   TrtllmLimits limits_;

@@ -10,12 +10,15 @@
 #include "backend/cpu/qgemm.h"
 #include "backend/cpu/vec.h"
 #include "core/checked_math.h"
+#include "core/cpu_features.h"
 
 namespace kiln {
 
 size_t KvCacheSpec::bytes_per_block() const {
   return 2ull * num_layers * num_kv_heads * block_size * head_dim * dtype_size(dtype);
 }
+
+uint64_t CpuBackend::free_memory() const { return available_host_memory(); }
 
 Result<DeviceBuffer> CpuBackend::allocate(size_t bytes) {
   void* p = std::aligned_alloc(64, round_up(bytes ? bytes : 1, 64));

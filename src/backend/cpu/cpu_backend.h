@@ -10,6 +10,7 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(ThreadPool& pool = ThreadPool::global()) : pool_(pool) {}
   std::string name() const override { return "cpu"; }
+  uint64_t free_memory() const override;
 
   Result<DeviceBuffer> allocate(size_t bytes) override;
   void upload(const void* host, const Tensor& dst) override;

@@ -1,0 +1,18 @@
+// Creates the backend an engine was built for (BuildConfig::backend).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "backend/backend.h"
+
+namespace kiln {
+
+// "cpu", or "cuda" when this kiln was built with the CUDA backend and a GPU is visible; otherwise an error
+// that says what is missing.
+Result<std::unique_ptr<Backend>> make_backend(const std::string& name);
+
+// Whether this kiln was compiled with the CUDA backend.
+bool cuda_backend_built();
+
+}  // namespace kiln
