@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "backend/cpu/cpu_backend.h"
 #include "golden_check.h"
 #include "model/checkpoint.h"
 #include "model/gguf_import.h"
@@ -113,6 +114,17 @@ TEST(GgufImport, RefusesWhatItCannotRead) {
   Status s = convert_gguf(o);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("GGUF"), std::string::npos) << s.to_string();
+}
+
+TEST(GgufImport, QuantizedEnginesForCudaAreRefusedAtBuild) {
+  // Building a GGUF-quantized checkpoint for the GPU fails with what to do instead (no GPU needed).
+  test::TempDir tmp;
+  GgufConvertOptions o{.gguf_path = test::data_path("gguf/mistral_llama_q8_0.gguf"), .output_dir = tmp.sub("ckpt")};
+  ASSERT_TRUE(convert_gguf(o).ok());
+  BuildConfig bc = test::golden_build_config(0, "cuda");
+  Status s = build_engine(tmp.sub("ckpt"), tmp.sub("engine"), bc, nullptr);
+  EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << s.to_string();
+  EXPECT_NE(s.message().find("--dtype float16"), std::string::npos) << s.to_string();
 }
 
 }  // namespace

@@ -10,9 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "backend/cpu/cpu_backend.h"
+#include "backend/backend_factory.h"
 #include "executor/sequence_runner.h"
 #include "io/safetensors.h"
+#include "model/checkpoint.h"
 #include "model/engine.h"
 #include "test_util.h"
 
@@ -50,8 +51,9 @@ inline std::vector<GoldenCase> load_goldens(const std::string& model_dir) {
 }
 
 // An engine built with the goldens' limits: max_batch_size 1, 256 tokens in, 32 out.
-inline BuildConfig golden_build_config(int64_t max_num_tokens = 0) {
+inline BuildConfig golden_build_config(int64_t max_num_tokens = 0, const std::string& backend = "cpu") {
   BuildConfig bc;
+  bc.backend = backend;
   bc.max_batch_size = 1;
   bc.max_input_len = 256;
   bc.max_seq_len = 256 + 32;
@@ -65,7 +67,9 @@ inline BuildConfig golden_build_config(int64_t max_num_tokens = 0) {
 inline void check_engine_against_goldens(const std::string& engine_dir, const std::string& golden_dir, bool exact) {
   auto engine = load_engine(engine_dir);
   ASSERT_TRUE(engine.ok()) << engine.status().to_string();
-  CpuBackend backend;
+  auto made = make_backend(engine->build.backend);  // the backend the engine was built for
+  ASSERT_TRUE(made.ok()) << made.status().to_string();
+  Backend& backend = **made;
   auto model = LlamaModel::load(*engine, backend);
   ASSERT_TRUE(model.ok()) << model.status().to_string();
   auto runner = SequenceRunner::create(**model, backend);
@@ -105,6 +109,18 @@ inline void check_engine_against_goldens(const std::string& engine_dir, const st
       EXPECT_TRUE(std::equal(gc.greedy.begin(), gc.greedy.begin() + 8, r->output_ids.begin())) << "first 8 greedy tokens differ";
     }
   }
+}
+
+// Converts an HF dir at `dtype`, builds an engine for `backend`, and checks every golden case.
+inline void check_model_against_goldens(const std::string& hf_dir, const std::string& golden_dir, DType dtype,
+                                        const std::string& backend, int64_t max_num_tokens = 0) {
+  TempDir tmp;
+  ConvertOptions co{.model_dir = hf_dir, .output_dir = tmp.sub("ckpt"), .dtype = dtype};
+  Status s = convert_hf_checkpoint(co);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  s = build_engine(tmp.sub("ckpt"), tmp.sub("engine"), golden_build_config(max_num_tokens, backend), nullptr);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  check_engine_against_goldens(tmp.sub("engine"), golden_dir, dtype == DType::kF32);
 }
 
 }  // namespace kiln::test

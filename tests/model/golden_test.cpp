@@ -11,15 +11,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Converts an HF dir, builds an engine, and checks every golden case.
 void check_model(const std::string& hf_dir, const std::string& golden_dir, DType dtype, int64_t max_num_tokens = 0) {
-  test::TempDir tmp;
-  ConvertOptions co{.model_dir = hf_dir, .output_dir = tmp.sub("ckpt"), .dtype = dtype};
-  Status s = convert_hf_checkpoint(co);
-  ASSERT_TRUE(s.ok()) << s.to_string();
-  s = build_engine(tmp.sub("ckpt"), tmp.sub("engine"), test::golden_build_config(max_num_tokens), nullptr);
-  ASSERT_TRUE(s.ok()) << s.to_string();
-  test::check_engine_against_goldens(tmp.sub("engine"), golden_dir, dtype == DType::kF32);
+  test::check_model_against_goldens(hf_dir, golden_dir, dtype, "cpu", max_num_tokens);
 }
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};

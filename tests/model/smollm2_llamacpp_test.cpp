@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/cpu_backend.h"
 #include "golden_check.h"
 #include "model/gguf_import.h"
 #include "tokenizer/tokenizer.h"
