@@ -7,7 +7,12 @@
 
 namespace kiln::test {
 
-inline std::string data_path(const std::string& rel) { return std::string(KILN_TEST_DATA_DIR) + "/" + rel; }
+// tests/data of the source tree the tests were built from, or $KILN_TEST_DATA_DIR (a binary carried to
+// another machine, e.g. the GPU device, finds the checkout there).
+inline std::string data_path(const std::string& rel) {
+  const char* env = std::getenv("KILN_TEST_DATA_DIR");
+  return std::string(env && *env ? env : KILN_TEST_DATA_DIR) + "/" + rel;
+}
 
 // A fresh directory under the system temp dir, removed when the object dies.
 class TempDir {
