@@ -10,7 +10,7 @@ WORK=${KILN_BENCH_DIR:-/tmp/kiln-bench}
 mkdir -p "$WORK"
 for dtype in float32 bfloat16; do
   if [ ! -f "$WORK/smollm2-$dtype-engine/rank0.engine" ]; then
-    build/kiln convert --random_weights --config bench/smollm2-135m.shape.json --dtype $dtype \
+    build/kiln convert --random_weights --config bench/shapes/smollm2-135m.shape.json --dtype $dtype \
       --output_dir "$WORK/smollm2-$dtype-ckpt" >/dev/null
     build/kiln build --checkpoint_dir "$WORK/smollm2-$dtype-ckpt" --output_dir "$WORK/smollm2-$dtype-engine" \
       --max_batch_size 1 --max_input_len 512 --max_output_len 128 >/dev/null

@@ -6,7 +6,7 @@ mkdir -p "$WORK"
 CKPT="$WORK/smollm2-bfloat16-ckpt"
 ENGINE="$WORK/smollm2-bfloat16-b64-engine"
 if [ ! -f "$CKPT/config.json" ]; then
-  build/kiln convert --random_weights --config bench/smollm2-135m.shape.json --dtype bfloat16 --output_dir "$CKPT" >/dev/null
+  build/kiln convert --random_weights --config bench/shapes/smollm2-135m.shape.json --dtype bfloat16 --output_dir "$CKPT" >/dev/null
 fi
 if [ ! -f "$ENGINE/rank0.engine" ]; then
   build/kiln build --checkpoint_dir "$CKPT" --output_dir "$ENGINE" --max_batch_size 64 --max_input_len 128 \
