@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# On the GPU device machine, from the repo root with dist/ carried (bench/cuda_bundle.sh made it):
+#   bash bench/cuda_device.sh [tests|phi3|llama|all]
+# tests: the CUDA backend's tests (op parity with the CPU backend, every fixture's Hugging Face goldens on
+#        the GPU); phi3: Phi-3-mini shape fp16 (random weights) batch-1 decode and 1024-token TTFT;
+# llama: Llama-3-8B shape fp16 offline throughput at TensorRT-LLM's published lengths.
+# Logs and JSON go to $OUT (the device tool brings them back).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export LD_LIBRARY_PATH=$PWD/dist/lib:${LD_LIBRARY_PATH:-}
+export KILN_TEST_DATA_DIR=$PWD/tests/data
+OUT=${OUT:-/tmp/kiln-out}
+mkdir -p "$OUT"
+WORK=${KILN_DEVICE_WORK:-/tmp/kiln-device}
+mkdir -p "$WORK"
+what=${1:-all}
+K=dist/kiln
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
+
+if [[ $what == tests || $what == all ]]; then
+  dist/kiln_tests --gtest_filter='Cuda*:*/Cuda*' >"$OUT/tests.log" 2>&1
+  echo "tests exit $?"
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|^\[ *OK|Failure|error|kernel time|GB/s|TFLOP" "$OUT/tests.log" | tail -60
+fi
+
+# Random-weight engine of a shape (fp16), built for the GPU.
+engine() {  # name shape.json max_batch max_input max_seq
+  local name=$1 shape=$2
+  if [[ ! -f $WORK/$name-engine/config.json ]]; then
+    $K convert --random_weights --config "$shape" --dtype float16 --output_dir "$WORK/$name-ckpt" >/dev/null || return 1
+    $K build --checkpoint_dir "$WORK/$name-ckpt" --output_dir "$WORK/$name-engine" --backend cuda \
+      --max_batch_size "$3" --max_input_len "$4" --max_seq_len "$5" --max_num_tokens 8192 >/dev/null || return 1
+    rm -rf "$WORK/$name-ckpt"
+  fi
+}
+
+if [[ $what == phi3 || $what == all ]]; then
+  t0=$(date +%s)
+  engine phi3 bench/shapes/phi-3-mini-128k-instruct.shape.json 64 2048 4096 || echo "phi3 engine failed"
+  echo "phi3 engine ready in $(( $(date +%s) - t0 )) s"
+  $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 --concurrency 1 \
+    --warmup 1 --json >"$OUT/phi3_decode_b1.json" 2>"$OUT/phi3_decode_b1.err"; tail -3 "$OUT/phi3_decode_b1.err"
+  $K bench --engine_dir "$WORK/phi3-engine" --input_len 1024 --output_len 1 --num_requests 6 --concurrency 1 \
+    --warmup 1 --json >"$OUT/phi3_ttft_1024.json" 2>"$OUT/phi3_ttft_1024.err"; tail -3 "$OUT/phi3_ttft_1024.err"
+  python3 - "$OUT" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+for f in ("phi3_decode_b1.json", "phi3_ttft_1024.json"):
+    try:
+        j = json.loads(open(os.path.join(out, f)).read().strip().splitlines()[-1])
+    except Exception as e:
+        print(f, "no result:", e); continue
+    print(f"{f}: out tok/s {j['output_tokens_per_s']:.1f}  ttft p50 {j['ttft_ms']['p50']:.2f} ms  "
+          f"itl p50 {j['itl_ms']['p50']:.3f} ms  decode tok/s/req p50 {j['decode_tokens_per_s_per_request']['p50']:.1f}")
+PY
+fi
