@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -123,8 +124,12 @@ class Backend {
   virtual void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) = 0;
 
   // Called once per forward, before its ops, with the batch layout they will all get (a GPU uploads the
-  // block tables and positions here once instead of per layer).
-  virtual Status begin_forward(const AttentionBatch& batch) { return {}; }
+  // block tables and positions here once instead of per layer) and the number of logit rows it computes.
+  virtual Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows) { return {}; }
+  // Runs the forward's ops (`ops` calls this backend's ops only: no uploads, downloads or waits, and only
+  // buffers allocated before). A GPU may record them into a graph for the batch shape begin_forward saw
+  // and replay it for later forwards of that shape, which must then touch the same buffers.
+  virtual void run_forward_ops(const std::function<void()>& ops) { ops(); }
 
   // --- ops (activations are of activation_dtype(); logits may be f32 where activations are not)
   // out[t, :] = table[ids[t], :]                    table [vocab, hidden], ids [T] i32, out [T, hidden]
@@ -144,8 +149,8 @@ class Backend {
                                const AttentionParams& params, Tensor& out) = 0;
   // out = silu(gate) * up                           gate_up [T, 2 * I] (gate | up), out [T, I]
   virtual void silu_mul(const Tensor& gate_up, Tensor& out) = 0;
-  // out[i, :] = x[rows[i], :]                       rows on the host
-  virtual void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) = 0;
+  // out[i, :] = x[rows[i], :]                       rows [n] i32 (backend memory), out [n, ...]
+  virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
   // Waits for all queued work (no-op on the CPU).
   virtual void synchronize() = 0;
 };

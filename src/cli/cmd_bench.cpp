@@ -224,6 +224,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     Backend& backend = *backend_ptr;
     KILN_ASSIGN_OR_RETURN(auto model, LlamaModel::load(engine, backend));
     KILN_ASSIGN_OR_RETURN(auto executor, Executor::create(*model, backend, config));
+    std::fprintf(stderr, "kiln bench: %s\n", executor->kv_plan().c_str());
     const int64_t vocab = engine.model.vocab_size;
     if (warmup > 0) {
       std::vector<Shape> w(shapes.begin(), shapes.begin() + warmup);

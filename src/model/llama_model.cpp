@@ -114,6 +114,7 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
   };
   const Part parts[] = {
       {&ids_, DType::kI32, {T}},
+      {&logit_rows_, DType::kI32, {R}},
       {&cos_sin_, DType::kF32, {T, c.rope.rotary_dim}},
       {&x_, act_, {T, c.hidden_size}},
       {&h_, act_, {T, c.hidden_size}},
@@ -186,16 +187,18 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
       if (b < 0 || b >= kv.spec.num_blocks) return invalid_argument("forward: KV block id out of range");
   }
   KILN_RETURN_IF_ERROR(ensure_workspace(T, R));
-  KILN_RETURN_IF_ERROR(backend_.begin_forward(batch.attention));
-  Tensor ids = ids_.rows(0, T), cos_sin = cos_sin_.rows(0, T), x = x_.rows(0, T), h = h_.rows(0, T),
-         qkv = qkv_.rows(0, T), q = q_.rows(0, T), attn = attn_.rows(0, T), proj = proj_.rows(0, T),
-         gate_up = gate_up_.rows(0, T), act = mlp_act_.rows(0, T), final_h = final_h_.rows(0, R),
-         out_logits = logits_.rows(0, R);
+  Tensor ids = ids_.rows(0, T), rows = logit_rows_.rows(0, R), cos_sin = cos_sin_.rows(0, T), x = x_.rows(0, T),
+         h = h_.rows(0, T), qkv = qkv_.rows(0, T), q = q_.rows(0, T), attn = attn_.rows(0, T),
+         proj = proj_.rows(0, T), gate_up = gate_up_.rows(0, T), act = mlp_act_.rows(0, T),
+         final_h = final_h_.rows(0, R), out_logits = logits_.rows(0, R);
 
+  // Host side: positions' cos/sin, the batch's ids, rows and layout into backend memory.
   std::vector<float> cs;
   fill_cos_sin(batch, cs);
   backend_.upload(batch.token_ids.data(), ids);
+  backend_.upload(batch.logit_rows.data(), rows);
   backend_.upload(cs.data(), cos_sin);
+  KILN_RETURN_IF_ERROR(backend_.begin_forward(batch.attention, static_cast<int32_t>(R)));
 
   const float eps = static_cast<float>(c.rms_norm_eps);
   QkvLayout qkv_layout{static_cast<int>(c.num_heads), static_cast<int>(c.num_kv_heads), static_cast<int>(c.head_dim),
@@ -204,29 +207,32 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
                               static_cast<int>(c.head_dim), 1.0f / std::sqrt(static_cast<float>(c.head_dim)), 0};
   auto bias = [](const Tensor& t) { return t.data ? &t : nullptr; };
 
-  backend_.embedding(embed_, ids, x);  // x: the residual stream [T, hidden]
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    LayerWeights& w = layers_[l];
-    if (l == 0) backend_.rmsnorm(x, w.attn_norm, eps, h);
-    else backend_.add_rmsnorm(x, proj, w.attn_norm, eps, h);  // adds the previous layer's MLP output
-    backend_.linear(h, w.qkv, bias(w.qkv_bias), qkv);
-    qkv_layout.q_norm = bias(w.q_norm);
-    qkv_layout.k_norm = bias(w.k_norm);
-    backend_.qkv_rope_kv_write(qkv, qkv_layout, cos_sin, batch.attention, kv.layers[l], q);
-    attn_params.window = attention_window(l);
-    backend_.paged_attention(q, kv.layers[l], batch.attention, attn_params, attn);
-    backend_.linear(attn, w.o, bias(w.o_bias), proj);
-    backend_.add_rmsnorm(x, proj, w.mlp_norm, eps, h);
-    backend_.linear(h, w.gate_up, bias(w.gate_up_bias), gate_up);
-    backend_.silu_mul(gate_up, act);
-    backend_.linear(act, w.down, bias(w.down_bias), proj);
-  }
-  // Only the rows whose logits are wanted go through the final norm and the LM head.
-  Tensor last = h.rows(0, R);
-  backend_.gather_rows(x, batch.logit_rows, last);
-  backend_.gather_rows(proj, batch.logit_rows, final_h);
-  backend_.add_rmsnorm(last, final_h, final_norm_, eps, final_h);
-  backend_.linear(final_h, lm_head_, nullptr, out_logits);
+  // Device side: only backend ops over the buffers above (a GPU may replay them as a graph).
+  backend_.run_forward_ops([&] {
+    backend_.embedding(embed_, ids, x);  // x: the residual stream [T, hidden]
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      LayerWeights& w = layers_[l];
+      if (l == 0) backend_.rmsnorm(x, w.attn_norm, eps, h);
+      else backend_.add_rmsnorm(x, proj, w.attn_norm, eps, h);  // adds the previous layer's MLP output
+      backend_.linear(h, w.qkv, bias(w.qkv_bias), qkv);
+      qkv_layout.q_norm = bias(w.q_norm);
+      qkv_layout.k_norm = bias(w.k_norm);
+      backend_.qkv_rope_kv_write(qkv, qkv_layout, cos_sin, batch.attention, kv.layers[l], q);
+      attn_params.window = attention_window(l);
+      backend_.paged_attention(q, kv.layers[l], batch.attention, attn_params, attn);
+      backend_.linear(attn, w.o, bias(w.o_bias), proj);
+      backend_.add_rmsnorm(x, proj, w.mlp_norm, eps, h);
+      backend_.linear(h, w.gate_up, bias(w.gate_up_bias), gate_up);
+      backend_.silu_mul(gate_up, act);
+      backend_.linear(act, w.down, bias(w.down_bias), proj);
+    }
+    // Only the rows whose logits are wanted go through the final norm and the LM head.
+    Tensor last = h.rows(0, R);
+    backend_.gather_rows(x, rows, last);
+    backend_.gather_rows(proj, rows, final_h);
+    backend_.add_rmsnorm(last, final_h, final_norm_, eps, final_h);
+    backend_.linear(final_h, lm_head_, nullptr, out_logits);
+  });
   logits->resize(static_cast<size_t>(R) * c.vocab_size);
   backend_.download(out_logits, logits->data());
   backend_.synchronize();

@@ -103,9 +103,10 @@ TEST_F(Smollm2, GreedyGenerationMatchesLlamaCpp) {
       const double margin = step["logit"].get<double>() - step["runner_up_logit"].get<double>();
       ++steps;
       agree_steps += ours == want[i];
-      if (margin >= kNoise)
+      if (margin >= kNoise) {
         EXPECT_EQ(ours, want[i]) << "step " << i << ": llama.cpp's margin " << margin << ", Kiln's logits "
                                  << logits[want[i]] << " (llama.cpp's token) vs " << logits[ours];
+      }
     }
     // Free-running greedy, for the record.
     GreedyOptions opt;

@@ -146,10 +146,11 @@ void CpuBackend::silu_mul(const Tensor& gate_up, Tensor& out) {
   });
 }
 
-void CpuBackend::gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) {
+void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) {
   const size_t row_bytes = x.nbytes() / x.dim(0);
-  for (size_t i = 0; i < rows.size(); ++i)
-    std::memcpy(out.as<char>() + i * row_bytes, x.as<char>() + rows[i] * row_bytes, row_bytes);
+  const int32_t* r = rows.as<int32_t>();
+  for (int64_t i = 0; i < rows.numel(); ++i)
+    std::memcpy(out.as<char>() + i * row_bytes, x.as<char>() + r[i] * row_bytes, row_bytes);
 }
 
 }  // namespace kiln

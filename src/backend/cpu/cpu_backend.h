@@ -28,7 +28,7 @@ class CpuBackend final : public Backend {
   void paged_attention(const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
                        const AttentionParams& params, Tensor& out) override;
   void silu_mul(const Tensor& gate_up, Tensor& out) override;
-  void gather_rows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override;
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
   void synchronize() override {}
 
  private:

@@ -1,0 +1,840 @@
+// Paged attention on CUDA (see kernels.h for the contract). Two kernels, chosen per launch on the host:
+//
+//  * decode_kernel (flash-decoding, split-KV): one CTA per (token, kv head [, group of its query heads],
+//    split of the key range). The CTA holds the q of up to 8 query heads of one kv head in registers, so
+//    every K/V row it reads (16-byte loads straight from the paged pools) serves all of them. Rows are
+//    spread over "slots" (groups of lanes, one row each), each with its own online softmax in f32; slots
+//    are merged at the end (shuffles, then shared memory). With several splits each CTA writes a partial
+//    (normalized output, log-sum-exp) to the workspace and combine_kernel merges them. Used for every
+//    batch whose sequences add at most kDecodeMaxNew tokens, and for all f32 batches (the fp32
+//    correctness mode: simple and exact, not fast for long prompts).
+//
+//  * prefill_kernel (flash-attention-2 style, f16/bf16 only): one CTA per (tile of 64 new tokens of a
+//    sequence, query head); Q tile and double-buffered 64-key K/V tiles gathered from the pools into
+//    shared memory with cp.async; Q.K^T and P.V on tensor cores (mma.sync m16n8k16, f32 accumulation),
+//    online softmax in f32 registers. Used when some sequence adds more than kDecodeMaxNew tokens (mixed
+//    batches included: their decode sequences get one CTA per head with one live row, which is correct
+//    and cheap next to the prompt's work).
+//
+// Scores are kept in log2 units: q is pre-multiplied by scale * log2(e) so that softmax uses exp2.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "backend/cuda/kernels.h"
+#include "core/status.h"
+
+namespace kiln::cuda {
+
+namespace {
+
+// ---------------------------------------------------------------- tuning constants
+
+constexpr int kThreads = 128;       // every kernel here: 4 warps
+constexpr int kDecodeMaxNew = 4;    // batches with max_num_new above this (f16/bf16) take the prefill kernel
+constexpr int kMaxGroup = 8;        // query heads per decode CTA (registers: 8 x 8 floats of q and of acc)
+constexpr int kTargetCtas = 512;    // decode CTAs wanted per launch (~4 resident per SM x 132 SMs)
+constexpr int kMinChunk = 128;      // fewest keys a decode split handles
+constexpr int kMaxSplits = 64;      // most splits of one token's key range
+constexpr int kBM = 64;             // prefill: query rows per CTA (16 per warp)
+constexpr int kBN = 64;             // prefill: keys per K/V tile
+constexpr float kLog2e = 1.4426950408889634f;
+
+// ---------------------------------------------------------------- small helpers
+
+void check_launch(const char* kernel) {
+  const cudaError_t e = cudaGetLastError();
+  KILN_CHECK(e == cudaSuccess, std::string(kernel) + ": launch failed: " + cudaGetErrorString(e));
+}
+
+bool is_aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+constexpr int pow2_ceil(int x) {
+  int p = 1;
+  while (p < x) p *= 2;
+  return p;
+}
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// W consecutive elements moved together (16 bytes: one 128-bit access; W = 1: scalar).
+template <typename T, int W>
+struct alignas(sizeof(T) * W < 16 ? sizeof(T) * W : 16) Pack {
+  T v[W];
+};
+template <typename T, int W>
+__device__ __forceinline__ Pack<T, W> zero_pack() {
+  Pack<T, W> p;
+#pragma unroll
+  for (int e = 0; e < W; ++e) p.v[e] = from_f32<T>(0.0f);
+  return p;
+}
+
+// Scale factor exp2(m - m_new) of a running (max, sum, acc) when the max becomes m_new; an empty state
+// (m = -inf) scales to 0, and so does everything when m_new is -inf too (no NaN from -inf - -inf).
+__device__ __forceinline__ float rescale(float m, float m_new) {
+  return exp2f(m - (m_new == -INFINITY ? 0.0f : m_new));
+}
+
+// ---------------------------------------------------------------- decode (split-KV) kernel
+
+// A row of DMAX elements is read as chunks of VEC elements (16 bytes, or scalars for odd f32 head dims);
+// kLanes lanes (a "slot") share a row, each holding kCpl chunks; a warp works on 32 / kLanes rows at once.
+template <int DMAX, int VEC>
+struct DecodeShape {
+  static constexpr int kChunks = DMAX / VEC;
+  static constexpr int kLanes = kChunks >= 32 ? 32 : pow2_ceil(kChunks);
+  static constexpr int kCpl = (kChunks + kLanes - 1) / kLanes;
+  static constexpr int kSlotsPerWarp = 32 / kLanes;
+  static constexpr int kSlots = kSlotsPerWarp * (kThreads / 32);
+};
+
+struct DecodeArgs {
+  const void* q;      // [T, H * d] act
+  const void* k;      // [num_blocks, KVH, block_size, d]
+  const void* v;
+  void* out;          // [T, H * d] act
+  float* ws_lse;      // [T, H, num_splits] log2-sum-exp of each split (splits > 1)
+  float* ws_o;        // [T, H, num_splits, d] each split's normalized output (splits > 1)
+  const int32_t* token_seq;
+  const int32_t* token_pos;
+  const int32_t* block_tables;
+  int32_t max_blocks_per_seq, block_size, block_shift;
+  int32_t H, KVH, d, rep, hgroups, window, chunk, num_splits;
+  float scale_log2;   // scale * log2(e)
+};
+
+// grid (T, KVH * hgroups, num_splits), block kThreads. CTA (t, g * hgroups + hg, split): token t, query
+// heads g * rep + hg * G + r (r < G, those < rep), keys [lo + split * chunk, +chunk) of t's range [lo, pos].
+template <typename T, int DMAX, int VEC, int G>
+__global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
+  using S = DecodeShape<DMAX, VEC>;
+  constexpr int L = S::kLanes, CPL = S::kCpl, SPW = S::kSlotsPerWarp, NS = S::kSlots;
+  constexpr int kWarps = kThreads / 32;
+  using P = Pack<T, VEC>;
+  __shared__ float sm_acc[kWarps][G][DMAX];  // per-warp merged acc, then merged across warps
+  __shared__ float sm_m[kWarps][G], sm_l[kWarps][G];
+
+  const int t = blockIdx.x;
+  const int g = blockIdx.y / a.hgroups, hg = blockIdx.y % a.hgroups;
+  const int split = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int li = lane % L, sub = lane / L;
+  const int d = a.d;
+
+  const int s = a.token_seq[t], pos = a.token_pos[t];
+  const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+  const int begin = lo + split * a.chunk;
+  const int end = min(pos + 1, begin + a.chunk);  // may be <= begin: an empty split
+
+  // Chunks this lane owns: c = li + k * L, live when inside the row (head dims not a multiple of L * VEC).
+  bool cv[CPL];
+#pragma unroll
+  for (int k = 0; k < CPL; ++k) cv[k] = (li + k * L) * VEC < d;
+
+  // q of the group's heads (f32, pre-scaled); padding heads (hg * G + r >= rep) are zero.
+  float qr[G][CPL][VEC];
+  const T* qbase = static_cast<const T*>(a.q) + (static_cast<int64_t>(t) * a.H + g * a.rep) * d;
+#pragma unroll
+  for (int r = 0; r < G; ++r) {
+    const int head = hg * G + r;
+#pragma unroll
+    for (int k = 0; k < CPL; ++k) {
+      P p = zero_pack<T, VEC>();
+      if (head < a.rep && cv[k]) p = *reinterpret_cast<const P*>(qbase + head * d + (li + k * L) * VEC);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) qr[r][k][e] = to_f32(p.v[e]) * a.scale_log2;
+    }
+  }
+
+  float m[G], l[G], acc[G][CPL][VEC];
+#pragma unroll
+  for (int r = 0; r < G; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < CPL; ++k)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[r][k][e] = 0.0f;
+  }
+
+  const T* kpool = static_cast<const T*>(a.k);
+  const T* vpool = static_cast<const T*>(a.v);
+  const int32_t* table = a.block_tables + static_cast<int64_t>(s) * a.max_blocks_per_seq;
+  // K and V chunks of key j (zeros where the lane's chunk is outside the row).
+  auto load_row = [&](int j, P (&kr)[CPL], P (&vr)[CPL]) {
+    const int64_t blk = table[j >> a.block_shift];
+    const int64_t off = ((blk * a.KVH + g) * a.block_size + (j & (a.block_size - 1))) * d;
+#pragma unroll
+    for (int k = 0; k < CPL; ++k) {
+      kr[k] = zero_pack<T, VEC>();
+      vr[k] = zero_pack<T, VEC>();
+      if (cv[k]) {
+        kr[k] = *reinterpret_cast<const P*>(kpool + off + (li + k * L) * VEC);
+        vr[k] = *reinterpret_cast<const P*>(vpool + off + (li + k * L) * VEC);
+      }
+    }
+  };
+
+  // Warp-uniform loop (the shuffles need every lane): the warp's slots take rows jb + sub, jb advancing by
+  // the CTA's slot count; the next rows are loaded before the current ones are used (two rows in flight).
+  P kc[CPL], vc[CPL], kn[CPL], vn[CPL];
+#pragma unroll
+  for (int k = 0; k < CPL; ++k) kc[k] = vc[k] = kn[k] = vn[k] = zero_pack<T, VEC>();
+  int jb = begin + warp * SPW;
+  if (jb + sub < end) load_row(jb + sub, kc, vc);
+  for (; jb < end; jb += NS) {
+    const int j = jb + sub;
+    const bool live = j < end;
+    if (j + NS < end) load_row(j + NS, kn, vn);
+    float sc[G];
+#pragma unroll
+    for (int r = 0; r < G; ++r) {
+      float x = 0.0f;
+#pragma unroll
+      for (int k = 0; k < CPL; ++k)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) x = fmaf(qr[r][k][e], to_f32(kc[k].v[e]), x);
+      sc[r] = x;
+    }
+#pragma unroll
+    for (int o = L / 2; o > 0; o >>= 1)
+#pragma unroll
+      for (int r = 0; r < G; ++r) sc[r] += __shfl_xor_sync(0xffffffffu, sc[r], o);
+    if (live) {
+#pragma unroll
+      for (int r = 0; r < G; ++r) {
+        const float mn = fmaxf(m[r], sc[r]);
+        const float corr = exp2f(m[r] - mn);  // m = -inf at first: 0
+        const float p = exp2f(sc[r] - mn);
+        m[r] = mn;
+        l[r] = l[r] * corr + p;
+#pragma unroll
+        for (int k = 0; k < CPL; ++k)
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) acc[r][k][e] = fmaf(acc[r][k][e], corr, p * to_f32(vc[k].v[e]));
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < CPL; ++k) {
+      kc[k] = kn[k];
+      vc[k] = vn[k];
+    }
+  }
+
+  // Merge the warp's slots (lanes li + sub * L): butterfly over the sub bits.
+#pragma unroll
+  for (int o = L; o < 32; o <<= 1) {
+#pragma unroll
+    for (int r = 0; r < G; ++r) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[r], o);
+      const float lo_ = __shfl_xor_sync(0xffffffffu, l[r], o);
+      const float mn = fmaxf(m[r], mo);
+      const float fa = rescale(m[r], mn), fb = rescale(mo, mn);
+      m[r] = mn;
+      l[r] = l[r] * fa + lo_ * fb;
+#pragma unroll
+      for (int k = 0; k < CPL; ++k)
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const float ao = __shfl_xor_sync(0xffffffffu, acc[r][k][e], o);
+          acc[r][k][e] = acc[r][k][e] * fa + ao * fb;
+        }
+    }
+  }
+  if (sub == 0) {
+#pragma unroll
+    for (int r = 0; r < G; ++r) {
+      if (li == 0) {
+        sm_m[warp][r] = m[r];
+        sm_l[warp][r] = l[r];
+      }
+#pragma unroll
+      for (int k = 0; k < CPL; ++k)
+        if (cv[k])
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) sm_acc[warp][r][(li + k * L) * VEC + e] = acc[r][k][e];
+    }
+  }
+  __syncthreads();
+
+  // Merge the warps; thread -> (head r, element e).
+  for (int idx = threadIdx.x; idx < G * d; idx += kThreads) {
+    const int r = idx / d, e = idx - r * d;
+    const int head = hg * G + r;
+    if (head >= a.rep) continue;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm_m[w][r]);
+    float lsum = 0.0f, o = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = rescale(sm_m[w][r], mx);
+      lsum += sm_l[w][r] * f;
+      o += sm_acc[w][r][e] * f;
+    }
+    const int64_t row = static_cast<int64_t>(t) * a.H + g * a.rep + head;  // (token, query head)
+    if (a.num_splits == 1) {
+      // The key range holds at least the token itself: lsum > 0.
+      static_cast<T*>(a.out)[row * d + e] = from_f32<T>(o / lsum);
+    } else {
+      const int64_t part = row * a.num_splits + split;
+      a.ws_o[part * d + e] = lsum > 0.0f ? o / lsum : 0.0f;
+      if (e == 0) a.ws_lse[part] = lsum > 0.0f ? mx + log2f(lsum) : -INFINITY;
+    }
+  }
+}
+
+// Merges the splits of one (token, query head) row: grid T * H, block kThreads.
+// out[row, :] = sum_i w_i o_i / sum_i w_i with w_i = exp2(lse_i - max lse). Split 0 is never empty.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restrict__ ws_lse,
+                                                           const float* __restrict__ ws_o, T* __restrict__ out,
+                                                           int d, int num_splits) {
+  __shared__ float w[kMaxSplits];
+  __shared__ float inv_total;
+  const int64_t row = blockIdx.x;
+  const float* lse = ws_lse + row * num_splits;
+  if (threadIdx.x < 32) {
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < num_splits; i += 32) mx = fmaxf(mx, lse[i]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < num_splits; i += 32) {
+      const float wi = exp2f(lse[i] - mx);  // empty split: lse = -inf, weight 0
+      w[i] = wi;
+      sum += wi;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (threadIdx.x == 0) inv_total = 1.0f / sum;
+  }
+  __syncthreads();
+  const float* o = ws_o + row * num_splits * d;
+  for (int e = threadIdx.x; e < d; e += kThreads) {
+    float x = 0.0f;
+    for (int i = 0; i < num_splits; ++i) x = fmaf(w[i], o[static_cast<int64_t>(i) * d + e], x);
+    out[row * d + e] = from_f32<T>(x * inv_total);
+  }
+}
+
+// ---------------------------------------------------------------- prefill (tensor-core) kernel
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, asynchronously; valid = false writes 16 zero bytes and reads nothing.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Four 8x8 b16 matrices; lane i gives the row address of matrix i / 8, row i % 8; register j of lane i
+// holds matrix j's (row i / 4, cols 2 * (i % 4) + {0, 1}) — or the transposed matrix's with .trans.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c[16x8] += a[16x16] * b[16x8], f32 accumulation. Fragments (g = lane / 4, q = lane % 4):
+// a0 (g, 2q..), a1 (g+8, 2q..), a2 (g, 2q+8..), a3 (g+8, 2q+8..); b0 (k 2q.., n g), b1 (k 2q+8.., n g);
+// c0,c1 (g, 2q..), c2,c3 (g+8, 2q..).
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats -> two T in one register (the first in the low half, as the fragments want).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float x, float y) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(x, y);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
+struct PrefillArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  const int32_t* seq_first_token;
+  const int32_t* seq_num_new;
+  const int32_t* seq_context_len;
+  const int32_t* block_tables;
+  int32_t max_blocks_per_seq, block_size, block_shift;
+  int32_t H, KVH, rep, window;
+  float scale_log2;
+};
+
+// Shared memory rows are padded by 8 elements (16 bytes): with a row pitch of an odd multiple of 16 bytes,
+// the 8 rows an ldmatrix reads fall in 8 distinct 16-byte bank groups.
+template <int D>
+constexpr int kPitch = D + 8;
+template <int D>
+constexpr size_t prefill_smem_bytes() {
+  return static_cast<size_t>(kBM + 4 * kBN) * kPitch<D> * 2;  // Q + 2 x (K, V)
+}
+
+extern __shared__ __align__(16) unsigned char dyn_smem[];
+
+// grid (ceil(max_num_new / kBM), S, H), block kThreads (warp w: query rows 16w..16w+15 of the tile).
+// Shared: sQ [kBM][D+8], sK [2][kBN][D+8], sV [2][kBN][D+8] of T. Tile rows are the sequence's new tokens
+// q0..q0+63; keys from the first row's window start to the last row's position, kBN at a time.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) prefill_kernel(const PrefillArgs a) {
+  constexpr int PT = kPitch<D>;
+  constexpr int CH = D / 8;  // 16-byte chunks per row
+  T* sQ = reinterpret_cast<T*>(dyn_smem);
+  T* sK = sQ + kBM * PT;
+  T* sV = sK + 2 * kBN * PT;
+
+  const int s = blockIdx.y, h = blockIdx.z;
+  const int num_new = a.seq_num_new[s];
+  const int q0 = blockIdx.x * kBM;
+  if (q0 >= num_new) return;
+  const int ctx = a.seq_context_len[s], first = a.seq_first_token[s];
+  const int rows = min(kBM, num_new - q0);
+  const int pos0 = ctx - num_new + q0;  // position of tile row 0
+  const int p_last = pos0 + rows - 1;
+  const int kv_begin = a.window > 0 ? max(0, pos0 - a.window + 1) : 0;
+  const int kv_end = p_last + 1;
+  const int ntiles = (kv_end - kv_begin + kBN - 1) / kBN;
+  const int g = h / a.rep;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+  const T* qg = static_cast<const T*>(a.q);
+  const T* kpool = static_cast<const T*>(a.k);
+  const T* vpool = static_cast<const T*>(a.v);
+  const int32_t* table = a.block_tables + static_cast<int64_t>(s) * a.max_blocks_per_seq;
+
+  // Q tile (rows past num_new zero-filled).
+  for (int i = tid; i < kBM * CH; i += kThreads) {
+    const int r = i / CH, c = i % CH;
+    const bool ok = r < rows;
+    const T* src = ok ? qg + (static_cast<int64_t>(first + q0 + r) * a.H + h) * D + c * 8 : qg;
+    cp_async16(smem_addr(sQ + r * PT + c * 8), src, ok);
+  }
+  // K/V tile `tile` into buffer `buf`; keys past kv_end zero-filled (their block may not exist, and 0 * NaN
+  // from stale memory would poison P.V).
+  auto load_kv = [&](int tile, int buf) {
+    const int kt0 = kv_begin + tile * kBN;
+    T* dk = sK + buf * kBN * PT;
+    T* dv = sV + buf * kBN * PT;
+    for (int i = tid; i < kBN * CH; i += kThreads) {
+      const int r = i / CH, c = i % CH;
+      const int j = kt0 + r;
+      const bool ok = j < kv_end;
+      const T* ks = kpool;
+      const T* vs = vpool;
+      if (ok) {
+        const int64_t blk = table[j >> a.block_shift];
+        const int64_t off = ((blk * a.KVH + g) * a.block_size + (j & (a.block_size - 1))) * D + c * 8;
+        ks += off;
+        vs += off;
+      }
+      cp_async16(smem_addr(dk + r * PT + c * 8), ks, ok);
+      cp_async16(smem_addr(dv + r * PT + c * 8), vs, ok);
+    }
+  };
+  load_kv(0, 0);
+  cp_async_commit();
+
+  // This thread's two rows (fragment rows g and g + 8 of the warp's 16); rows past `rows` act as the last
+  // row (finite, never written).
+  const int r0 = warp * 16 + lane / 4;
+  const int pr[2] = {pos0 + min(r0, rows - 1), pos0 + min(r0 + 8, rows - 1)};
+  const int lr[2] = {a.window > 0 ? pr[0] - a.window + 1 : 0, a.window > 0 ? pr[1] - a.window + 1 : 0};
+  const int lo_last = a.window > 0 ? p_last - a.window + 1 : 0;
+
+  float o[D / 8][4];  // O [16 x D] of the warp: n-tile dn covers dims 8dn..8dn+7
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+  // ldmatrix lane roles (matrix mi = lane / 8, row lane % 8).
+  const int lrow = lane & 7, mi_lo = (lane >> 3) & 1, mi_hi = lane >> 4;
+  const uint32_t q_addr = smem_addr(sQ + (warp * 16 + lrow + mi_lo * 8) * PT + mi_hi * 8);
+
+  for (int it = 0; it < ntiles; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < ntiles) {
+      load_kv(it + 1, buf ^ 1);  // the buffer the previous iteration used (everyone is past it)
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* K = sK + buf * kBN * PT;
+    const T* V = sV + buf * kBN * PT;
+    const int kt0 = kv_begin + it * kBN;
+
+    // S [16 x 64] = Q K^T; n-tile nt covers keys kt0 + 8nt..+7.
+    float sc[kBN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+    const uint32_t k_addr = smem_addr(K + (lrow + mi_hi * 8) * PT + mi_lo * 8);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t af[4];
+      ldmatrix_x4(af, q_addr + kk * 32);
+#pragma unroll
+      for (int np = 0; np < kBN / 16; ++np) {
+        uint32_t bf[4];  // keys 16np..+7 (bf[0], bf[1]) and 16np+8..+15 (bf[2], bf[3])
+        ldmatrix_x4(bf, k_addr + (np * 16 * PT + kk * 16) * 2);
+        mma16816<T>(sc[2 * np], af, bf[0], bf[1]);
+        mma16816<T>(sc[2 * np + 1], af, bf[2], bf[3]);
+      }
+    }
+
+    // Scale to log2 units; mask keys outside [lo_row, pos_row] where the tile crosses a boundary.
+    const bool need_mask = kt0 + kBN - 1 > pos0 || (a.window > 0 && kt0 < lo_last);
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = sc[nt][e] * a.scale_log2;
+        if (need_mask) {
+          const int j = kt0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+          if (j > pr[e >> 1] || j < lr[e >> 1]) x = -INFINITY;
+        }
+        sc[nt][e] = x;
+        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      }
+    float corr[2], ms[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      const float mn = fmaxf(m[i], mx[i]);
+      corr[i] = rescale(m[i], mn);
+      ms[i] = mn == -INFINITY ? 0.0f : mn;  // a row with no key yet: p = exp2(-inf) = 0
+      m[i] = mn;
+      l[i] *= corr[i];
+    }
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(sc[nt][e] - ms[e >> 1]);
+        sc[nt][e] = p;
+        l[e >> 1] += p;  // this lane's columns; the row's 4 lanes are summed at the end
+      }
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      o[dn][0] *= corr[0];
+      o[dn][1] *= corr[0];
+      o[dn][2] *= corr[1];
+      o[dn][3] *= corr[1];
+    }
+
+    // O += P V: P's accumulator layout is the A fragment of the next mma (keys 16kk..16kk+15).
+    const uint32_t v_addr = smem_addr(V + (lrow + mi_lo * 8) * PT + mi_hi * 8);
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      uint32_t pa[4];
+      pa[0] = pack2<T>(sc[2 * kk][0], sc[2 * kk][1]);
+      pa[1] = pack2<T>(sc[2 * kk][2], sc[2 * kk][3]);
+      pa[2] = pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+      pa[3] = pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t bf[4];  // dims 16dp..+7 (bf[0], bf[1]) and 16dp+8..+15 (bf[2], bf[3])
+        ldmatrix_x4_trans(bf, v_addr + (kk * 16 * PT + dp * 16) * 2);
+        mma16816<T>(o[2 * dp], pa, bf[0], bf[1]);
+        mma16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
+      }
+    }
+    __syncthreads();  // all warps are done with `buf` before the next iteration refills it
+  }
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+  }
+  T* out = static_cast<T*>(a.out);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = r0 + 8 * i;
+    if (r >= rows) continue;
+    const float inv = 1.0f / l[i];  // > 0: the row's own key is always in range
+    T* dst = out + (static_cast<int64_t>(first + q0 + r) * a.H + h) * D + 2 * (lane & 3);
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn)
+      *reinterpret_cast<uint32_t*>(dst + dn * 8) = pack2<T>(o[dn][2 * i] * inv, o[dn][2 * i + 1] * inv);
+  }
+}
+
+// ---------------------------------------------------------------- host side
+
+// Query heads per decode CTA and CTAs per kv head.
+int decode_group(int rep) { return std::min(kMaxGroup, pow2_ceil(rep)); }
+int decode_hgroups(int rep) { return static_cast<int>(ceil_div(rep, decode_group(rep))); }
+
+// Keys a token can see at most.
+int64_t max_key_range(const AttentionParams& p, int64_t max_context_len) {
+  return p.window > 0 ? std::min<int64_t>(p.window, max_context_len) : max_context_len;
+}
+
+// Splits of each token's key range: enough CTAs to fill the GPU, chunks of at least kMinChunk keys.
+int decode_splits(const AttentionParams& p, int64_t num_tokens, int64_t max_context_len) {
+  const int64_t base = num_tokens * p.num_kv_heads * decode_hgroups(p.num_heads / p.num_kv_heads);
+  if (base >= kTargetCtas) return 1;
+  int64_t n = ceil_div(kTargetCtas, base);
+  n = std::min<int64_t>(n, ceil_div(max_key_range(p, max_context_len), kMinChunk));
+  n = std::min<int64_t>(n, kMaxSplits);
+  return static_cast<int>(std::max<int64_t>(n, 1));
+}
+
+constexpr size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+// Workspace of one decode launch: [T, H, splits] lse, then [T, H, splits, d] outputs (none for one split).
+size_t decode_workspace_bytes(const AttentionParams& p, int64_t num_tokens, int splits) {
+  if (splits <= 1) return 0;
+  const size_t rows = static_cast<size_t>(num_tokens) * p.num_heads * splits;
+  return align_up(rows * sizeof(float), 256) + rows * p.head_dim * sizeof(float);
+}
+
+void check_params(const AttentionParams& p) {
+  KILN_CHECK(p.num_heads > 0 && p.num_kv_heads > 0 && p.num_heads % p.num_kv_heads == 0,
+             "paged_attention: num_heads (" + std::to_string(p.num_heads) + ") must be a positive multiple of "
+             "num_kv_heads (" + std::to_string(p.num_kv_heads) + ")");
+  KILN_CHECK(p.head_dim > 0 && p.head_dim <= 256,
+             "paged_attention: head_dim " + std::to_string(p.head_dim) + " not in [1, 256]");
+  KILN_CHECK(p.window >= 0, "paged_attention: negative window");
+}
+
+template <typename T, int DMAX, int VEC, int G>
+void launch_decode(const DecodeArgs& a, int64_t T_, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(T_), static_cast<unsigned>(a.KVH * a.hgroups),
+                  static_cast<unsigned>(a.num_splits));
+  decode_kernel<T, DMAX, VEC, G><<<grid, kThreads, 0, stream>>>(a);
+}
+
+template <typename T, int DMAX, int VEC>
+void launch_decode_g(const DecodeArgs& a, int G, int64_t T_, cudaStream_t stream) {
+  switch (G) {
+    case 1: launch_decode<T, DMAX, VEC, 1>(a, T_, stream); break;
+    case 2: launch_decode<T, DMAX, VEC, 2>(a, T_, stream); break;
+    case 4: launch_decode<T, DMAX, VEC, 4>(a, T_, stream); break;
+    default: launch_decode<T, DMAX, VEC, 8>(a, T_, stream); break;
+  }
+}
+
+template <typename T>
+void launch_decode_d(const DecodeArgs& a, int G, int64_t T_, cudaStream_t stream) {
+  constexpr int V = 16 / sizeof(T);
+  switch (a.d) {
+    case 16: launch_decode_g<T, 16, V>(a, G, T_, stream); return;
+    case 32: launch_decode_g<T, 32, V>(a, G, T_, stream); return;
+    case 64: launch_decode_g<T, 64, V>(a, G, T_, stream); return;
+    case 96: launch_decode_g<T, 96, V>(a, G, T_, stream); return;
+    case 128: launch_decode_g<T, 128, V>(a, G, T_, stream); return;
+    case 256: launch_decode_g<T, 256, V>(a, G, T_, stream); return;
+    default: break;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    // Any other f32 head dim: a 256-wide kernel with masked chunks (16-byte chunks when rows allow).
+    if (a.d % 4 == 0) launch_decode_g<float, 256, 4>(a, G, T_, stream);
+    else launch_decode_g<float, 256, 1>(a, G, T_, stream);
+  } else {
+    KILN_CHECK(false, "paged_attention: head_dim " + std::to_string(a.d) +
+                          " unsupported for f16/bf16 (16, 32, 64, 96, 128 or 256)");
+  }
+}
+
+template <typename T, int D>
+void launch_prefill(const PrefillArgs& a, const DeviceBatch& b, cudaStream_t stream) {
+  constexpr size_t smem = prefill_smem_bytes<D>();
+  // Per launch (cheap), so it holds for whichever device is current.
+  const cudaError_t e =
+      cudaFuncSetAttribute(prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  KILN_CHECK(e == cudaSuccess, std::string("paged_attention: cudaFuncSetAttribute(") + std::to_string(smem) +
+                                   " bytes of shared memory) failed: " + cudaGetErrorString(e));
+  const dim3 grid(static_cast<unsigned>(ceil_div(b.max_num_new, kBM)), static_cast<unsigned>(b.num_seqs),
+                  static_cast<unsigned>(a.H));
+  prefill_kernel<T, D><<<grid, kThreads, smem, stream>>>(a);
+}
+
+template <typename T>
+void launch_prefill_d(const PrefillArgs& a, int d, const DeviceBatch& b, cudaStream_t stream) {
+  switch (d) {
+    case 16: launch_prefill<T, 16>(a, b, stream); break;
+    case 32: launch_prefill<T, 32>(a, b, stream); break;
+    case 64: launch_prefill<T, 64>(a, b, stream); break;
+    case 96: launch_prefill<T, 96>(a, b, stream); break;
+    case 128: launch_prefill<T, 128>(a, b, stream); break;
+    case 256: launch_prefill<T, 256>(a, b, stream); break;
+    default:
+      KILN_CHECK(false, "paged_attention: head_dim " + std::to_string(d) +
+                            " unsupported for f16/bf16 (16, 32, 64, 96, 128 or 256)");
+  }
+}
+
+template <typename T>
+void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, const AttentionParams& p, void* out,
+                   void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  const int rep = p.num_heads / p.num_kv_heads;
+  int shift = 0;
+  while ((1 << shift) < b.block_size) ++shift;
+  const float scale_log2 = p.scale * kLog2e;
+
+  if (!std::is_same_v<T, float> && b.max_num_new > kDecodeMaxNew) {
+    KILN_CHECK(b.num_seqs <= 65535, "paged_attention: more than 65535 sequences in a batch");
+    PrefillArgs a{};
+    a.q = q;
+    a.k = kv.k;
+    a.v = kv.v;
+    a.out = out;
+    a.seq_first_token = b.seq_first_token;
+    a.seq_num_new = b.seq_num_new;
+    a.seq_context_len = b.seq_context_len;
+    a.block_tables = b.block_tables;
+    a.max_blocks_per_seq = b.max_blocks_per_seq;
+    a.block_size = b.block_size;
+    a.block_shift = shift;
+    a.H = p.num_heads;
+    a.KVH = p.num_kv_heads;
+    a.rep = rep;
+    a.window = p.window;
+    a.scale_log2 = scale_log2;
+    if constexpr (!std::is_same_v<T, float>) launch_prefill_d<T>(a, p.head_dim, b, stream);
+    check_launch("paged_attention (prefill)");
+    return;
+  }
+
+  const int G = decode_group(rep);
+  const int splits = decode_splits(p, b.num_tokens, b.max_context_len);
+  const size_t need = decode_workspace_bytes(p, b.num_tokens, splits);
+  KILN_CHECK(need <= workspace_bytes && (need == 0 || workspace != nullptr),
+             "paged_attention: workspace of " + std::to_string(workspace_bytes) + " bytes, this batch needs " +
+                 std::to_string(need) + " (size it with attention_workspace_bytes for at least " +
+                 std::to_string(b.num_tokens) + " tokens and context " + std::to_string(b.max_context_len) + ")");
+  KILN_CHECK(b.num_tokens <= 0x7fffffff && p.num_kv_heads * decode_hgroups(rep) <= 65535,
+             "paged_attention: grid too large");
+  DecodeArgs a{};
+  a.q = q;
+  a.k = kv.k;
+  a.v = kv.v;
+  a.out = out;
+  if (splits > 1) {
+    const size_t rows = static_cast<size_t>(b.num_tokens) * p.num_heads * splits;
+    a.ws_lse = static_cast<float*>(workspace);
+    a.ws_o = reinterpret_cast<float*>(static_cast<char*>(workspace) + align_up(rows * sizeof(float), 256));
+  }
+  a.token_seq = b.token_seq;
+  a.token_pos = b.token_pos;
+  a.block_tables = b.block_tables;
+  a.max_blocks_per_seq = b.max_blocks_per_seq;
+  a.block_size = b.block_size;
+  a.block_shift = shift;
+  a.H = p.num_heads;
+  a.KVH = p.num_kv_heads;
+  a.d = p.head_dim;
+  a.rep = rep;
+  a.hgroups = decode_hgroups(rep);
+  a.window = p.window;
+  a.chunk = static_cast<int>(ceil_div(max_key_range(p, b.max_context_len), splits));
+  a.num_splits = splits;
+  a.scale_log2 = scale_log2;
+  launch_decode_d<T>(a, G, b.num_tokens, stream);
+  check_launch("paged_attention (decode)");
+  if (splits > 1) {
+    combine_kernel<T><<<static_cast<unsigned>(static_cast<int64_t>(b.num_tokens) * p.num_heads), kThreads, 0,
+                        stream>>>(a.ws_lse, a.ws_o, static_cast<T*>(out), p.head_dim, splits);
+    check_launch("paged_attention (combine splits)");
+  }
+}
+
+}  // namespace
+
+size_t attention_workspace_bytes(const AttentionParams& p, int32_t max_tokens, int32_t max_context_len) {
+  check_params(p);
+  // The largest decode launch of up to max_tokens tokens; T >= kTargetCtas always takes one split.
+  size_t best = 0;
+  const int64_t t_max = std::min<int64_t>(max_tokens, kTargetCtas);
+  for (int64_t t = 1; t <= t_max; ++t)
+    best = std::max(best, decode_workspace_bytes(p, t, decode_splits(p, t, std::max<int32_t>(max_context_len, 1))));
+  return best;
+}
+
+void paged_attention(const void* q, DType act, const DeviceKv& kv, const DeviceBatch& b, const AttentionParams& p,
+                     void* out, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  check_params(p);
+  KILN_CHECK(act == DType::kF32 || act == DType::kF16 || act == DType::kBF16,
+             std::string("paged_attention: unsupported activation dtype ") + dtype_name(act));
+  KILN_CHECK(kv.dtype == act, std::string("paged_attention: KV cache dtype ") + dtype_name(kv.dtype) +
+                                  " must match the activation dtype " + dtype_name(act));
+  KILN_CHECK(kv.num_kv_heads == p.num_kv_heads && kv.head_dim == p.head_dim,
+             "paged_attention: KV pool heads/head_dim (" + std::to_string(kv.num_kv_heads) + ", " +
+                 std::to_string(kv.head_dim) + ") differ from the params (" + std::to_string(p.num_kv_heads) +
+                 ", " + std::to_string(p.head_dim) + ")");
+  KILN_CHECK(b.block_size > 0 && (b.block_size & (b.block_size - 1)) == 0,
+             "paged_attention: block_size " + std::to_string(b.block_size) + " is not a power of two");
+  if (b.num_tokens <= 0) return;
+  KILN_CHECK(b.max_num_new > 0 && b.max_context_len >= b.max_num_new,
+             "paged_attention: max_num_new / max_context_len not set on the DeviceBatch");
+  KILN_CHECK(q && out && kv.k && kv.v && b.token_seq && b.token_pos && b.seq_first_token && b.seq_num_new &&
+                 b.seq_context_len && b.block_tables,
+             "paged_attention: null pointer");
+  // 16-byte vector accesses of rows of head_dim elements (odd f32 head dims fall back to scalars).
+  const size_t row_bytes = static_cast<size_t>(p.head_dim) * dtype_size(act);
+  const size_t align = row_bytes % 16 == 0 ? 16 : dtype_size(act);
+  KILN_CHECK(is_aligned(q, align) && is_aligned(out, align) && is_aligned(kv.k, align) && is_aligned(kv.v, align),
+             "paged_attention: q/out/K/V not " + std::to_string(align) + "-byte aligned");
+  KILN_CHECK(workspace == nullptr || is_aligned(workspace, 16), "paged_attention: workspace not 16-byte aligned");
+  switch (act) {
+    case DType::kF32: run_attention<float>(q, kv, b, p, out, workspace, workspace_bytes, stream); break;
+    case DType::kF16: run_attention<__half>(q, kv, b, p, out, workspace, workspace_bytes, stream); break;
+    default: run_attention<__nv_bfloat16>(q, kv, b, p, out, workspace, workspace_bytes, stream); break;
+  }
+}
+
+}  // namespace kiln::cuda

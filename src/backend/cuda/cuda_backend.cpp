@@ -1,0 +1,290 @@
+#include "backend/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "backend/cuda/cuda_check.h"
+#include "core/checked_math.h"
+
+namespace kiln {
+
+namespace {
+std::string gib(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1ull << 30));
+  return buf;
+}
+}  // namespace
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::create(int device) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0)
+    return unavailable("cuda backend: no CUDA device (" + (e != cudaSuccess ? cuda::cuda_error_text(e) : "0 devices") +
+                       "); build the engine with --backend cpu to run on the CPU");
+  if (device < 0 || device >= count)
+    return invalid_argument("cuda backend: device " + std::to_string(device) + " of " + std::to_string(count));
+  if (cudaError_t s = cudaSetDevice(device); s != cudaSuccess)
+    return unavailable("cuda backend: cudaSetDevice(" + std::to_string(device) + "): " + cuda::cuda_error_text(s));
+  cudaStream_t stream = nullptr;
+  if (cudaError_t s = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking); s != cudaSuccess)
+    return unavailable("cuda backend: cannot create a stream: " + cuda::cuda_error_text(s));
+  return std::unique_ptr<CudaBackend>(new CudaBackend(device, stream));
+}
+
+CudaBackend::CudaBackend(int device, cudaStream_t stream)
+    : device_(device), stream_(stream), gemm_(std::make_unique<cuda::LtGemm>()) {
+  const char* g = std::getenv("KILN_CUDA_GRAPHS");  // "0": every forward launches its kernels one by one
+  graphs_enabled_ = !(g && std::string(g) == "0");
+}
+
+CudaBackend::~CudaBackend() {
+  cudaStreamSynchronize(stream_);
+  drop_graphs();
+  gemm_.reset();
+  cudaStreamDestroy(stream_);
+}
+
+uint64_t CudaBackend::free_memory() const {
+  size_t free = 0, total = 0;
+  KILN_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return free;
+}
+
+std::string CudaBackend::device_description() const {
+  cudaDeviceProp p{};
+  KILN_CUDA_CHECK(cudaGetDeviceProperties(&p, device_));
+  return std::string(p.name) + " (sm_" + std::to_string(p.major) + std::to_string(p.minor) + ", " +
+         std::to_string(p.multiProcessorCount) + " SMs, " + gib(p.totalGlobalMem) + ")";
+}
+
+Result<DeviceBuffer> CudaBackend::allocate(size_t bytes) {
+  drop_graphs();  // a new buffer may replace one that a recorded graph uses
+  void* p = nullptr;
+  if (cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1); e != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error state of a failed allocation
+    return resource_exhausted("cuda backend: cannot allocate " + gib(bytes) + " of device memory (" +
+                              gib(free_memory()) + " free): " + cuda::cuda_error_text(e));
+  }
+  return DeviceBuffer{std::shared_ptr<void>(p, [](void* q) { cudaFree(q); }), bytes};
+}
+
+// Pageable host memory: cudaMemcpyAsync returns once `host` has been staged, so the caller may reuse it.
+void CudaBackend::upload(const void* host, const Tensor& dst) {
+  if (dst.nbytes() > 0) KILN_CUDA_CHECK(cudaMemcpyAsync(dst.data, host, dst.nbytes(), cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaBackend::download(const Tensor& src, void* host) {
+  if (src.nbytes() == 0) return;
+  KILN_CUDA_CHECK(cudaMemcpyAsync(host, src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream_));
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+Result<Tensor> CudaBackend::adopt_weight(const Tensor& host, std::shared_ptr<void> /*keep_alive*/) {
+  KILN_ASSIGN_OR_RETURN(DeviceBuffer buf, allocate(host.nbytes()));
+  if (host.nbytes() > 0) KILN_CUDA_CHECK(cudaMemcpy(buf.mem.get(), host.data, host.nbytes(), cudaMemcpyHostToDevice));
+  weights_.push_back(buf);  // weights live as long as the backend (Tensor is a view)
+  return Tensor{buf.mem.get(), host.dtype, host.shape};
+}
+
+Result<std::unique_ptr<KvStorage>> CudaBackend::create_kv_storage(const KvCacheSpec& spec) {
+  if (spec.dtype != DType::kF32 && spec.dtype != DType::kF16 && spec.dtype != DType::kBF16)
+    return invalid_argument(std::string("cuda backend: KV cache dtype ") + dtype_name(spec.dtype) + " is not supported");
+  auto kv = std::make_unique<KvStorage>();
+  kv->spec = spec;
+  Shape shape{spec.num_blocks, spec.num_kv_heads, spec.block_size, spec.head_dim};
+  const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(spec.dtype);
+  for (int l = 0; l < spec.num_layers; ++l) {
+    KvLayer layer;
+    for (Tensor* t : {&layer.k, &layer.v}) {
+      KILN_ASSIGN_OR_RETURN(DeviceBuffer buf, allocate(bytes));
+      KILN_CUDA_CHECK(cudaMemsetAsync(buf.mem.get(), 0, bytes, stream_));
+      *t = buf.view(spec.dtype, shape);
+      kv->buffers.push_back(std::move(buf));
+    }
+    kv->layers.push_back(layer);
+  }
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return kv;
+}
+
+void CudaBackend::copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) {
+  const KvCacheSpec& s = kv.spec;
+  const size_t block_bytes = static_cast<size_t>(s.num_kv_heads) * s.block_size * s.head_dim * dtype_size(s.dtype);
+  for (KvLayer& layer : kv.layers)
+    for (Tensor* t : {&layer.k, &layer.v})
+      for (auto [src, dst] : src_dst) {
+        KILN_CHECK(src >= 0 && dst >= 0 && src < s.num_blocks && dst < s.num_blocks, "KV block copy out of range");
+        KILN_CUDA_CHECK(cudaMemcpyAsync(t->as<char>() + dst * block_bytes, t->as<char>() + src * block_bytes,
+                                        block_bytes, cudaMemcpyDeviceToDevice, stream_));
+      }
+}
+
+void* CudaBackend::scratch(DeviceBuffer& buf, size_t bytes) {
+  if (buf.bytes < bytes) {
+    KILN_CHECK(!capturing_, "cuda backend: a scratch buffer grows during a graph capture");
+    KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the old buffer may still be read by queued work
+    auto grown = allocate(std::max(bytes, buf.bytes * 2));
+    KILN_CHECK(grown.ok(), grown.status().to_string());
+    buf = std::move(*grown);
+  }
+  return buf.mem.get();
+}
+
+// One int32 array holds the whole layout: token_seq [T], token_pos [T], seq_first_token [S], seq_num_new [S],
+// seq_context_len [S], block_tables [S, max_blocks]; staged in pinned memory and copied with one memcpy.
+Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit_rows) {
+  const int32_t T = batch.num_tokens, S = static_cast<int32_t>(batch.seqs.size());
+  int32_t max_blocks = 1, max_ctx = 0, max_new = 0;
+  for (const SequenceView& s : batch.seqs) {
+    max_blocks = std::max(max_blocks, static_cast<int32_t>(s.block_table.size()));
+    max_ctx = std::max(max_ctx, s.context_len);
+    max_new = std::max(max_new, s.num_new);
+  }
+  // A decode step (one new token per sequence) gets the fixed layout of its bucket, and a graph key.
+  graph_key_ = 0;
+  if (graphs_enabled_ && max_new == 1 && T <= kMaxGraphTokens && attention_shape_) {
+    int32_t bucket = 1;
+    while (bucket < max_blocks) bucket *= 2;
+    max_blocks = bucket;
+    max_ctx = bucket * batch.block_size;
+    graph_key_ = (static_cast<uint64_t>(T) << 40) | (static_cast<uint64_t>(num_logit_rows) << 20) |
+                 static_cast<uint64_t>(bucket);
+  }
+  const size_t n = 2 * static_cast<size_t>(T) + 3 * static_cast<size_t>(S) + static_cast<size_t>(S) * max_blocks;
+  const size_t bytes = n * sizeof(int32_t);
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the staging buffer may still feed the previous copy
+  if (batch_host_bytes_ < bytes) {
+    void* p = nullptr;
+    const size_t grow = std::max(bytes, 2 * batch_host_bytes_);
+    if (cudaError_t e = cudaMallocHost(&p, grow); e != cudaSuccess)
+      return resource_exhausted("cuda backend: pinned host memory for the batch layout: " + cuda::cuda_error_text(e));
+    batch_host_ = std::shared_ptr<void>(p, [](void* q) { cudaFreeHost(q); });
+    batch_host_bytes_ = grow;
+  }
+  int32_t* h = static_cast<int32_t*>(batch_host_.get());
+  int32_t *token_seq = h, *token_pos = h + T, *first = h + 2 * T, *num_new = first + S, *ctx = num_new + S,
+          *tables = ctx + S;
+  std::fill(token_seq, token_seq + 2 * static_cast<size_t>(T), -1);
+  for (int32_t s = 0; s < S; ++s) {
+    const SequenceView& v = batch.seqs[s];
+    first[s] = v.first_token;
+    num_new[s] = v.num_new;
+    ctx[s] = v.context_len;
+    for (int32_t i = 0; i < v.num_new; ++i) {
+      token_seq[v.first_token + i] = s;
+      token_pos[v.first_token + i] = v.context_len - v.num_new + i;
+    }
+    std::copy(v.block_table.begin(), v.block_table.end(), tables + static_cast<size_t>(s) * max_blocks);
+    std::fill(tables + static_cast<size_t>(s) * max_blocks + v.block_table.size(),
+              tables + static_cast<size_t>(s + 1) * max_blocks, 0);
+  }
+  for (int32_t t = 0; t < T; ++t)
+    if (token_seq[t] < 0) return invalid_argument("forward: token " + std::to_string(t) + " belongs to no sequence");
+  int32_t* d = static_cast<int32_t*>(scratch(batch_dev_, bytes));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_));
+  batch_ = cuda::DeviceBatch{T,         S,         batch.block_size, max_blocks, max_ctx,   max_new,
+                             d,         d + T,     d + 2 * T,        d + 2 * T + S, d + 2 * T + 2 * S,
+                             d + 2 * T + 3 * S};
+  batch_src_ = &batch;
+  if (graph_key_ != 0) {
+    // The capture must not allocate: size the attention's workspace for this shape now.
+    const size_t ws = cuda::attention_workspace_bytes(*attention_shape_, T, max_ctx);
+    if (ws) scratch(attn_workspace_, ws);
+  }
+  return {};
+}
+
+void CudaBackend::run_forward_ops(const std::function<void()>& ops) {
+  if (graph_key_ == 0) {
+    ops();
+    return;
+  }
+  auto it = graphs_.find(graph_key_);
+  if (it == graphs_.end()) {
+    cudaGraph_t graph = nullptr;
+    // Relaxed: a first use inside the capture may allocate (cuBLASLt's bias copy), which is safe here.
+    KILN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    capturing_ = true;
+    ops();
+    capturing_ = false;
+    KILN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    cudaGraphExec_t exec = nullptr;
+    KILN_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    KILN_CUDA_CHECK(cudaGraphDestroy(graph));
+    it = graphs_.emplace(graph_key_, exec).first;
+  }
+  KILN_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+}
+
+void CudaBackend::drop_graphs() {
+  KILN_CHECK(!capturing_, "cuda backend: an allocation during a graph capture");
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  graphs_.clear();
+}
+
+cuda::DeviceKv CudaBackend::device_kv(const KvLayer& kv) const {
+  return cuda::DeviceKv{kv.k.data, kv.v.data, kv.k.dtype, static_cast<int32_t>(kv.k.dim(0)),
+                        static_cast<int32_t>(kv.k.dim(1)), static_cast<int32_t>(kv.k.dim(3))};
+}
+
+void CudaBackend::embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) {
+  KILN_CHECK(!table.quant, "cuda backend: quantized embedding tables are refused at build");
+  cuda::embedding(table.data.data, table.data.dtype, ids.as<int32_t>(), ids.numel(), table.hidden, out.data, out.dtype,
+                  stream_);
+}
+
+void CudaBackend::rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
+  const int64_t dim = weight.numel();
+  cuda::rmsnorm(x.data, weight.as<float>(), eps, out.data, x.numel() / dim, dim, x.dtype, stream_);
+}
+
+void CudaBackend::add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out) {
+  const int64_t dim = weight.numel();
+  cuda::add_rmsnorm(residual.data, delta.data, weight.as<float>(), eps, out.data, residual.numel() / dim, dim,
+                    residual.dtype, stream_);
+}
+
+void CudaBackend::linear(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& y) {
+  KILN_CHECK(!w.quant, "cuda backend: quantized linear weights are refused at build");
+  gemm_->run(x.data, x.dtype, x.numel() / w.in_features, w.data.data, w.dtype, w.out_features, w.in_features,
+             bias ? bias->as<float>() : nullptr, y.data, y.dtype, stream_);
+}
+
+void CudaBackend::qkv_rope_kv_write(const Tensor& qkv, const QkvLayout& L, const Tensor& cos_sin,
+                                    const AttentionBatch& batch, KvLayer& kv, Tensor& q_out) {
+  KILN_CHECK(&batch == batch_src_, "cuda backend: begin_forward was not called for this batch");
+  cuda::QkvParams p{L.num_heads, L.num_kv_heads, L.head_dim, L.rotary_dim, L.norm_eps,
+                    L.q_norm ? L.q_norm->as<float>() : nullptr, L.k_norm ? L.k_norm->as<float>() : nullptr};
+  cuda::qkv_rope_kv_write(qkv.data, qkv.dtype, p, cos_sin.as<float>(), batch_, device_kv(kv), q_out.data, stream_);
+}
+
+void CudaBackend::paged_attention(const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
+                                  const AttentionParams& P, Tensor& out) {
+  KILN_CHECK(&batch == batch_src_, "cuda backend: begin_forward was not called for this batch");
+  cuda::AttentionParams p{P.num_heads, P.num_kv_heads, P.head_dim, P.scale, P.window};
+  if (!capturing_) {
+    attention_shape_ = p;
+    attention_shape_->window = 0;  // no window: the largest workspace any layer needs
+  }
+  const size_t ws = cuda::attention_workspace_bytes(p, batch_.num_tokens, batch_.max_context_len);
+  void* w = ws ? scratch(attn_workspace_, ws) : nullptr;
+  cuda::paged_attention(q.data, q.dtype, device_kv(kv), batch_, p, out.data, w, ws, stream_);
+}
+
+void CudaBackend::silu_mul(const Tensor& gate_up, Tensor& out) {
+  const int64_t inter = out.dim(-1);
+  cuda::silu_mul(gate_up.data, out.data, out.numel() / inter, inter, out.dtype, stream_);
+}
+
+void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) {
+  cuda::gather_rows(x.data, rows.as<int32_t>(), rows.numel(), static_cast<int64_t>(x.nbytes() / x.dim(0)), out.data,
+                    stream_);
+}
+
+void CudaBackend::synchronize() { KILN_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+}  // namespace kiln

@@ -1,0 +1,88 @@
+// The CUDA backend: device memory, one stream, activations in the weights' f16/bf16 (f32 in the fp32 mode),
+// GEMMs through cuBLASLt, the rest in Kiln's own kernels (kernels.h). Ops only enqueue work on the stream;
+// download() and synchronize() wait. Not thread-safe: one model/executor drives it.
+//
+// Decode steps run as CUDA graphs: a forward whose sequences each add one token (T <= kMaxGraphTokens)
+// gets a fixed device layout — block tables padded to a power-of-two number of blocks, max_context_len
+// that bucket's capacity — so that every step of that shape launches the same kernels with the same
+// arguments; its ops are captured once per (T, logit rows, bucket) and replayed (one launch instead of
+// ~10 per layer). Any allocation drops the graphs, as a graph holds the buffers it was recorded with.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/cublaslt_gemm.h"
+#include "backend/cuda/kernels.h"
+
+namespace kiln {
+
+class CudaBackend final : public Backend {
+ public:
+  static constexpr int32_t kMaxGraphTokens = 512;
+  // Uses CUDA device `device` (of those CUDA_VISIBLE_DEVICES shows); fails with a clear error when there is none.
+  static Result<std::unique_ptr<CudaBackend>> create(int device = 0);
+  ~CudaBackend() override;
+
+  std::string name() const override { return "cuda"; }
+  DType activation_dtype(DType weights) const override { return weights; }
+  uint64_t free_memory() const override;
+  // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)".
+  std::string device_description() const;
+
+  Result<DeviceBuffer> allocate(size_t bytes) override;
+  void upload(const void* host, const Tensor& dst) override;
+  void download(const Tensor& src, void* host) override;
+  Result<Tensor> adopt_weight(const Tensor& host, std::shared_ptr<void> keep_alive) override;
+  Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) override;
+  void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) override;
+  Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows) override;
+  void run_forward_ops(const std::function<void()>& ops) override;
+
+  void embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) override;
+  void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
+  void add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out) override;
+  void linear(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& y) override;
+  void qkv_rope_kv_write(const Tensor& qkv, const QkvLayout& layout, const Tensor& cos_sin,
+                         const AttentionBatch& batch, KvLayer& kv, Tensor& q_out) override;
+  void paged_attention(const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
+                       const AttentionParams& params, Tensor& out) override;
+  void silu_mul(const Tensor& gate_up, Tensor& out) override;
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
+  void synchronize() override;
+
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  CudaBackend(int device, cudaStream_t stream);
+  cuda::DeviceKv device_kv(const KvLayer& kv) const;
+  void drop_graphs();
+  // Grows a device scratch buffer to at least `bytes` (waits for the stream first: it may be in use).
+  void* scratch(DeviceBuffer& buf, size_t bytes);
+
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::LtGemm> gemm_;
+  // The current forward's layout (begin_forward): pinned host staging, its device copy, and the view.
+  std::shared_ptr<void> batch_host_;
+  size_t batch_host_bytes_ = 0;
+  DeviceBuffer batch_dev_;
+  cuda::DeviceBatch batch_;
+  const AttentionBatch* batch_src_ = nullptr;  // which AttentionBatch batch_ describes (checked by the ops)
+  DeviceBuffer attn_workspace_;
+  std::vector<DeviceBuffer> weights_;
+  // Graphs of decode forwards by shape key (0: this forward is not graphed), and the attention's shape seen
+  // on the last ungraphed forward (its workspace is sized before a capture, which must not allocate).
+  uint64_t graph_key_ = 0;
+  std::map<uint64_t, cudaGraphExec_t> graphs_;
+  std::optional<cuda::AttentionParams> attention_shape_;
+  bool capturing_ = false;
+  bool graphs_enabled_ = true;  // KILN_CUDA_GRAPHS=0 turns graphs off (for comparisons)
+};
+
+}  // namespace kiln
