@@ -3,7 +3,8 @@
 #   bash bench/cuda_device.sh [tests|phi3|llama|all]
 # tests: the CUDA backend's tests (op parity with the CPU backend, every fixture's Hugging Face goldens on
 #        the GPU); phi3: Phi-3-mini shape fp16 (random weights) batch-1 decode and 1024-token TTFT;
-# llama: Llama-3-8B shape fp16 offline throughput at TensorRT-LLM's published lengths.
+# llama: Llama-3-8B shape fp16 offline throughput at TensorRT-LLM's published lengths;
+# linear: cuBLASLt vs gemv.cu on the linear layers of both shapes.
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,10 @@ if [[ $what == tests || $what == all ]]; then
   dist/kiln_tests --gtest_filter='Cuda*:*/Cuda*' >"$OUT/tests.log" 2>&1
   echo "tests exit $?"
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|^\[ *OK|Failure|error|kernel time|GB/s|TFLOP" "$OUT/tests.log" | tail -60
+fi
+
+if [[ $what == linear || $what == all ]]; then
+  for m in phi3 llama3; do dist/cuda_linear_bench $m | tee "$OUT/linear_$m.txt"; done
 fi
 
 # Random-weight engine of a shape (fp16), built for the GPU.

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/gemv.h"
 #include "core/checked_math.h"
 
 namespace kiln {
@@ -39,6 +40,8 @@ CudaBackend::CudaBackend(int device, cudaStream_t stream)
     : device_(device), stream_(stream), gemm_(std::make_unique<cuda::LtGemm>()) {
   const char* g = std::getenv("KILN_CUDA_GRAPHS");  // "0": every forward launches its kernels one by one
   graphs_enabled_ = !(g && std::string(g) == "0");
+  const char* v = std::getenv("KILN_CUDA_GEMV");  // "0": decode linears through cuBLASLt too
+  gemv_enabled_ = !(v && std::string(v) == "0");
 }
 
 CudaBackend::~CudaBackend() {
@@ -250,8 +253,14 @@ void CudaBackend::add_rmsnorm(Tensor& residual, const Tensor& delta, const Tenso
 
 void CudaBackend::linear(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& y) {
   KILN_CHECK(!w.quant, "cuda backend: quantized linear weights are refused at build");
-  gemm_->run(x.data, x.dtype, x.numel() / w.in_features, w.data.data, w.dtype, w.out_features, w.in_features,
-             bias ? bias->as<float>() : nullptr, y.data, y.dtype, stream_);
+  const int64_t m = x.numel() / w.in_features;
+  const float* b = bias ? bias->as<float>() : nullptr;
+  if (gemv_enabled_ && cuda::gemv_supported(x.dtype, w.dtype, y.dtype, m, w.out_features, w.in_features, x.data,
+                                            w.data.data)) {
+    cuda::gemv(x.data, x.dtype, m, w.data.data, w.out_features, w.in_features, b, y.data, y.dtype, stream_);
+    return;
+  }
+  gemm_->run(x.data, x.dtype, m, w.data.data, w.dtype, w.out_features, w.in_features, b, y.data, y.dtype, stream_);
 }
 
 void CudaBackend::qkv_rope_kv_write(const Tensor& qkv, const QkvLayout& L, const Tensor& cos_sin,

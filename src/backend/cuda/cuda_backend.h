@@ -1,5 +1,6 @@
 // The CUDA backend: device memory, one stream, activations in the weights' f16/bf16 (f32 in the fp32 mode),
-// GEMMs through cuBLASLt, the rest in Kiln's own kernels (kernels.h). Ops only enqueue work on the stream;
+// GEMMs through cuBLASLt (batch 1..4: Kiln's bandwidth-bound gemv.cu), the rest in Kiln's own kernels
+// (kernels.h). Ops only enqueue work on the stream;
 // download() and synchronize() wait. Not thread-safe: one model/executor drives it.
 //
 // Decode steps run as CUDA graphs: a forward whose sequences each add one token (T <= kMaxGraphTokens)
@@ -83,6 +84,7 @@ class CudaBackend final : public Backend {
   std::optional<cuda::AttentionParams> attention_shape_;
   bool capturing_ = false;
   bool graphs_enabled_ = true;  // KILN_CUDA_GRAPHS=0 turns graphs off (for comparisons)
+  bool gemv_enabled_ = true;    // KILN_CUDA_GEMV=0: batch 1..4 linears through cuBLASLt (for comparisons)
 };
 
 }  // namespace kiln

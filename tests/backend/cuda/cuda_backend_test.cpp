@@ -70,6 +70,9 @@ TEST(CudaBackend, LinearMatchesFloat64Reference) {
       {DType::kF16, DType::kF16, 1, 3072, 3072, false}, {DType::kF16, DType::kF16, 300, 1536, 576, true},
       {DType::kF16, DType::kF32, 5, 32064, 3072, false}, {DType::kBF16, DType::kBF16, 64, 4096, 4096, false},
       {DType::kBF16, DType::kF32, 2, 512, 64, true},    {DType::kF16, DType::kF16, 17, 8192 * 2, 3072, false},
+      // m <= 4 goes to gemv.cu: remainders of the k loop (576, 1544), 1 and 2 rows per warp, bias, f32 out.
+      {DType::kF16, DType::kF16, 3, 1536, 576, true},   {DType::kBF16, DType::kF32, 4, 32064, 3072, false},
+      {DType::kF16, DType::kF16, 1, 576, 1544, true},   {DType::kBF16, DType::kBF16, 2, 9216, 3072, true},
   };
   for (const LinearCase& c : cases) {
     SCOPED_TRACE(std::string(dtype_name(c.wt)) + " -> " + dtype_name(c.yt) + " m=" + std::to_string(c.m) +
