@@ -4,7 +4,7 @@
 # tests: the CUDA backend's tests (op parity with the CPU backend, every fixture's Hugging Face goldens on
 #        the GPU); phi3: Phi-3-mini shape fp16 (random weights) batch-1 decode and 1024-token TTFT;
 # llama: Llama-3-8B shape fp16 offline throughput at TensorRT-LLM's published lengths;
-# linear: cuBLASLt vs gemv.cu on the linear layers of both shapes.
+# linear: cuBLASLt vs gemv.cu on the linear layers of both shapes; hf: transformers on the same shapes.
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,4 +61,25 @@ for f in ("phi3_decode_b1.json", "phi3_decode_b1_nographs.json", "phi3_ttft_1024
     print(f"{f}: out tok/s {j['output_tokens_per_s']:.1f}  ttft p50 {j['ttft_ms']['p50']:.2f} ms  "
           f"itl p50 {j['itl_ms']['p50']:.3f} ms  decode tok/s/req p50 {j['decode_tokens_per_s_per_request']['p50']:.1f}")
 PY
+fi
+
+if [[ $what == llama || $what == all ]]; then
+  t0=$(date +%s)
+  engine llama3 bench/shapes/llama-3-8b.shape.json 512 2048 4096 || echo "llama3 engine failed"
+  echo "llama3 engine ready in $(( $(date +%s) - t0 )) s"
+  # TensorRT-LLM v0.14's published H100 FP16 lengths; in-flight batching at up to 512 sequences.
+  for spec in "128 128 2048 512" "128 2048 512 512" "2048 128 512 256"; do
+    set -- $spec
+    $K bench --engine_dir "$WORK/llama3-engine" --input_len "$1" --output_len "$2" --num_requests "$3" \
+      --concurrency "$4" --warmup 16 --json >"$OUT/llama3_$1_$2.json" 2>"$OUT/llama3_$1_$2.err"
+    python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print(sys.argv[2], 'requests', j['num_requests'], 'concurrency', j['concurrency'], 'out tok/s %.0f' % j['output_tokens_per_s'], 'ttft p50 %.1f ms' % j['ttft_ms']['p50'], 'itl p50 %.2f ms' % j['itl_ms']['p50'])" "$OUT/llama3_$1_$2.json" "llama3 $1/$2" || tail -3 "$OUT/llama3_$1_$2.err"
+  done
+fi
+
+if [[ $what == hf || $what == all ]]; then
+  python3 bench/hf_baseline.py --shape bench/shapes/phi-3-mini-128k-instruct.shape.json --batch 1 --input_len 128 \
+    --output_len 128 --modes eager,compile 2>"$OUT/hf_phi3.err" | tee "$OUT/hf_phi3.json"
+  python3 bench/hf_baseline.py --shape bench/shapes/llama-3-8b.shape.json --batch 64 --input_len 128 \
+    --output_len 128 --modes eager 2>"$OUT/hf_llama3.err" | tee "$OUT/hf_llama3.json"
+  tail -2 "$OUT/hf_phi3.err" "$OUT/hf_llama3.err"
 fi

@@ -124,8 +124,9 @@ class Backend {
   virtual void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) = 0;
 
   // Called once per forward, before its ops, with the batch layout they will all get (a GPU uploads the
-  // block tables and positions here once instead of per layer) and the number of logit rows it computes.
-  virtual Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows) { return {}; }
+  // block tables and positions here once instead of per layer), the number of logit rows it computes and
+  // whether it ends with argmax_rows (then only token ids leave the device).
+  virtual Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, bool argmax) { return {}; }
   // Runs the forward's ops (`ops` calls this backend's ops only: no uploads, downloads or waits, and only
   // buffers allocated before). A GPU may record them into a graph for the batch shape begin_forward saw
   // and replay it for later forwards of that shape, which must then touch the same buffers.
@@ -151,6 +152,9 @@ class Backend {
   virtual void silu_mul(const Tensor& gate_up, Tensor& out) = 0;
   // out[i, :] = x[rows[i], :]                       rows [n] i32 (backend memory), out [n, ...]
   virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
+  // ids[r] = the first index of the largest value of logits row r (NaN never wins but at index 0, as the
+  // host sampler's argmax).                           logits [R, vocab] f32, ids [R] i32
+  virtual void argmax_rows(const Tensor& logits, Tensor& ids) = 0;
   // Waits for all queued work (no-op on the CPU).
   virtual void synchronize() = 0;
 };

@@ -28,14 +28,9 @@ void log_softmax(float* row, int64_t n) {
   for (int64_t i = 0; i < n; ++i) row[i] = static_cast<float>(row[i] - lse);
 }
 
-}  // namespace
-
-void sample_next_token(RequestState& r, const float* raw, int64_t vocab, std::vector<float>& scratch) {
+// Appends a picked token to the only sequence and sets its finish reason (end id, stop word, length).
+void append_token(RequestState& r, Sample pick) {
   Sequence& s = r.seqs[0];
-  if (r.req.output.return_generation_logits) s.generation_logits.insert(s.generation_logits.end(), raw, raw + vocab);
-  scratch.assign(raw, raw + vocab);
-  r.processor.apply(prompt_of(r, s), output_of(r, s), scratch.data());
-  Sample pick = r.sampler.sample(scratch.data(), vocab, r.req.output.return_log_probs, r.req.output.top_log_probs);
   r.sampler.advance(pick.token);
   s.tokens.push_back(pick.token);
   s.log_probs.push_back(pick.log_prob);
@@ -49,6 +44,28 @@ void sample_next_token(RequestState& r, const float* raw, int64_t vocab, std::ve
   } else if (static_cast<int64_t>(out.size()) >= r.req.max_new_tokens) {
     s.finish = FinishReason::kLength;
   }
+}
+
+}  // namespace
+
+void sample_next_token(RequestState& r, const float* raw, int64_t vocab, std::vector<float>& scratch) {
+  Sequence& s = r.seqs[0];
+  if (r.req.output.return_generation_logits) s.generation_logits.insert(s.generation_logits.end(), raw, raw + vocab);
+  scratch.assign(raw, raw + vocab);
+  r.processor.apply(prompt_of(r, s), output_of(r, s), scratch.data());
+  append_token(r, r.sampler.sample(scratch.data(), vocab, r.req.output.return_log_probs, r.req.output.top_log_probs));
+}
+
+bool next_token_is_argmax(const RequestState& r) {
+  const OutputConfig& o = r.req.output;
+  return !r.is_beam_search() && r.req.sampling.is_greedy() && !r.processor.active() && !o.return_generation_logits &&
+         !o.return_log_probs && o.top_log_probs == 0;
+}
+
+void append_argmax_token(RequestState& r, int32_t token) {
+  Sample pick;
+  pick.token = token;
+  append_token(r, std::move(pick));
 }
 
 void beam_step(RequestState& r, const float* rows, int64_t vocab, KvCacheManager& kv, std::vector<float>& scratch) {

@@ -12,6 +12,12 @@ namespace kiln {
 // raw: the sequence's raw logits [vocab]. Appends the chosen token to r.seqs[0] and sets its finish reason.
 void sample_next_token(RequestState& r, const float* raw, int64_t vocab, std::vector<float>& scratch);
 
+// Whether the next token of `r` is the plain argmax of the raw logits (greedy, no beam, no logits processor,
+// no log-probs or logits returned): then the model may compute it where the logits are.
+bool next_token_is_argmax(const RequestState& r);
+// Appends `token` (the argmax of the raw logits) as sample_next_token would have.
+void append_argmax_token(RequestState& r, int32_t token);
+
 // rows: raw logits [live, vocab] of r.seqs in order. Forks the surviving beams' KV blocks; when the
 // search is done fills r.hypotheses and releases every beam.
 void beam_step(RequestState& r, const float* rows, int64_t vocab, KvCacheManager& kv, std::vector<float>& scratch);

@@ -407,7 +407,12 @@ bool Executor::step() {
   }
   fb.attention.num_tokens = static_cast<int32_t>(fb.token_ids.size());
 
-  Status st = model_.forward(fb, *kv_storage_, &logits_);
+  // When every row is a plain greedy pick (no context logits, no log-probs, no processor), only the argmax
+  // of each row is needed: the model computes it where the logits are (no vocab-wide copy off a GPU).
+  bool argmax_only = !rows.empty();
+  for (const RowUse& u : rows)
+    argmax_only = argmax_only && u.sample && u.position < 0 && next_token_is_argmax(*plan.chunks[u.chunk].request);
+  Status st = model_.forward(fb, *kv_storage_, &logits_, argmax_only ? &argmax_ : nullptr);
   if (!st.ok()) {
     std::vector<RequestState*> hit;
     for (const ScheduledChunk& c : plan.chunks)
@@ -423,6 +428,17 @@ bool Executor::step() {
     kv_->commit(s.kv, s.tokens, s.computed);
     if (drop_window_ > 0) kv_->drop_outside_window(s.kv, s.computed, drop_window_);
   }
+  int64_t generated = 0;
+  if (argmax_only) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      RequestState* r = plan.chunks[rows[i].chunk].request;
+      append_argmax_token(*r, argmax_[i]);
+      ++generated;
+      if (request_done(*r)) finish(r);
+      else if (r->req.streaming) respond(*r, stream_chunk(*r, vocab));
+    }
+    rows.clear();
+  }
   std::vector<std::pair<RequestState*, std::vector<const float*>>> to_decode;  // request -> sample rows per seq
   for (size_t i = 0; i < rows.size(); ++i) {
     const float* row = logits_.data() + i * vocab;
@@ -437,7 +453,6 @@ bool Executor::step() {
     it->second.push_back(row);
   }
 
-  int64_t generated = 0;
   for (auto& [r, seq_rows] : to_decode) {
     if (r->is_beam_search()) {
       std::vector<float> beam_rows(seq_rows.size() * vocab);

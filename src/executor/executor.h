@@ -100,6 +100,7 @@ class Executor {
   std::vector<RequestState*> running_;
   std::deque<RequestState*> waiting_;
   std::vector<float> logits_, scratch_;
+  std::vector<int32_t> argmax_;  // the greedy rows' tokens, when the model picked them (argmax-only steps)
 
   // Shared with callers, under mu_.
   mutable std::mutex mu_;

@@ -115,6 +115,7 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
   const Part parts[] = {
       {&ids_, DType::kI32, {T}},
       {&logit_rows_, DType::kI32, {R}},
+      {&argmax_, DType::kI32, {R}},
       {&cos_sin_, DType::kF32, {T, c.rope.rotary_dim}},
       {&x_, act_, {T, c.hidden_size}},
       {&h_, act_, {T, c.hidden_size}},
@@ -160,7 +161,8 @@ void LlamaModel::fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cs)
   }
 }
 
-Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector<float>* logits) {
+Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector<float>* logits,
+                           std::vector<int32_t>* argmax) {
   const ModelConfig& c = config_;
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
@@ -190,7 +192,7 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
   Tensor ids = ids_.rows(0, T), rows = logit_rows_.rows(0, R), cos_sin = cos_sin_.rows(0, T), x = x_.rows(0, T),
          h = h_.rows(0, T), qkv = qkv_.rows(0, T), q = q_.rows(0, T), attn = attn_.rows(0, T),
          proj = proj_.rows(0, T), gate_up = gate_up_.rows(0, T), act = mlp_act_.rows(0, T),
-         final_h = final_h_.rows(0, R), out_logits = logits_.rows(0, R);
+         final_h = final_h_.rows(0, R), out_logits = logits_.rows(0, R), out_argmax = argmax_.rows(0, R);
 
   // Host side: positions' cos/sin, the batch's ids, rows and layout into backend memory.
   std::vector<float> cs;
@@ -198,7 +200,7 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
   backend_.upload(batch.token_ids.data(), ids);
   backend_.upload(batch.logit_rows.data(), rows);
   backend_.upload(cs.data(), cos_sin);
-  KILN_RETURN_IF_ERROR(backend_.begin_forward(batch.attention, static_cast<int32_t>(R)));
+  KILN_RETURN_IF_ERROR(backend_.begin_forward(batch.attention, static_cast<int32_t>(R), argmax != nullptr));
 
   const float eps = static_cast<float>(c.rms_norm_eps);
   QkvLayout qkv_layout{static_cast<int>(c.num_heads), static_cast<int>(c.num_kv_heads), static_cast<int>(c.head_dim),
@@ -232,9 +234,15 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
     backend_.gather_rows(proj, rows, final_h);
     backend_.add_rmsnorm(last, final_h, final_norm_, eps, final_h);
     backend_.linear(final_h, lm_head_, nullptr, out_logits);
+    if (argmax) backend_.argmax_rows(out_logits, out_argmax);
   });
-  logits->resize(static_cast<size_t>(R) * c.vocab_size);
-  backend_.download(out_logits, logits->data());
+  if (argmax) {
+    argmax->resize(static_cast<size_t>(R));
+    backend_.download(out_argmax, argmax->data());
+  } else {
+    logits->resize(static_cast<size_t>(R) * c.vocab_size);
+    backend_.download(out_logits, logits->data());
+  }
   backend_.synchronize();
   return {};
 }

@@ -54,8 +54,10 @@ class LlamaModel {
   Status reserve_workspace();
 
   // Runs the batch, writing each sequence's new K/V into `kv`, and returns f32 logits
-  // [logit_rows.size(), vocab] in `logits` (host).
-  Status forward(const ForwardBatch& batch, KvStorage& kv, std::vector<float>* logits);
+  // [logit_rows.size(), vocab] in `logits` (host) — or, when `argmax` is given, only each logit row's argmax
+  // token (computed where the logits are: a GPU sends R ids instead of R x vocab floats; `logits` unused).
+  Status forward(const ForwardBatch& batch, KvStorage& kv, std::vector<float>* logits,
+                 std::vector<int32_t>* argmax = nullptr);
 
  private:
   LlamaModel(const Engine& engine, Backend& backend) : config_(engine.model), build_(engine.build), backend_(backend) {}
@@ -76,7 +78,7 @@ class LlamaModel {
   // Activation workspace, grown on demand; views are [T, ...] of the current batch.
   int64_t ws_tokens_ = 0, ws_logit_rows_ = 0;
   DeviceBuffer ws_;
-  Tensor ids_, logit_rows_, cos_sin_, x_, h_, qkv_, q_, attn_, proj_, gate_up_, mlp_act_, final_h_, logits_;
+  Tensor ids_, logit_rows_, argmax_, cos_sin_, x_, h_, qkv_, q_, attn_, proj_, gate_up_, mlp_act_, final_h_, logits_;
 };
 
 }  // namespace kiln

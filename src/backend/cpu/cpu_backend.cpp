@@ -153,4 +153,15 @@ void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) {
     std::memcpy(out.as<char>() + i * row_bytes, x.as<char>() + r[i] * row_bytes, row_bytes);
 }
 
+void CpuBackend::argmax_rows(const Tensor& logits, Tensor& ids) {
+  const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = logits.as<float>() + r * vocab;
+    int64_t best = 0;
+    for (int64_t i = 1; i < vocab; ++i)
+      if (row[i] > row[best]) best = i;
+    ids.as<int32_t>()[r] = static_cast<int32_t>(best);
+  }
+}
+
 }  // namespace kiln

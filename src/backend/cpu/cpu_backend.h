@@ -29,6 +29,7 @@ class CpuBackend final : public Backend {
                        const AttentionParams& params, Tensor& out) override;
   void silu_mul(const Tensor& gate_up, Tensor& out) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
+  void argmax_rows(const Tensor& logits, Tensor& ids) override;
   void synchronize() override {}
 
  private:

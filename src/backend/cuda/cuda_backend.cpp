@@ -139,7 +139,7 @@ void* CudaBackend::scratch(DeviceBuffer& buf, size_t bytes) {
 
 // One int32 array holds the whole layout: token_seq [T], token_pos [T], seq_first_token [S], seq_num_new [S],
 // seq_context_len [S], block_tables [S, max_blocks]; staged in pinned memory and copied with one memcpy.
-Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit_rows) {
+Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, bool argmax) {
   const int32_t T = batch.num_tokens, S = static_cast<int32_t>(batch.seqs.size());
   int32_t max_blocks = 1, max_ctx = 0, max_new = 0;
   for (const SequenceView& s : batch.seqs) {
@@ -155,7 +155,7 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
     max_blocks = bucket;
     max_ctx = bucket * batch.block_size;
     graph_key_ = (static_cast<uint64_t>(T) << 40) | (static_cast<uint64_t>(num_logit_rows) << 20) |
-                 static_cast<uint64_t>(bucket);
+                 (static_cast<uint64_t>(argmax) << 19) | static_cast<uint64_t>(bucket);
   }
   const size_t n = 2 * static_cast<size_t>(T) + 3 * static_cast<size_t>(S) + static_cast<size_t>(S) * max_blocks;
   const size_t bytes = n * sizeof(int32_t);
@@ -292,6 +292,11 @@ void CudaBackend::silu_mul(const Tensor& gate_up, Tensor& out) {
 void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) {
   cuda::gather_rows(x.data, rows.as<int32_t>(), rows.numel(), static_cast<int64_t>(x.nbytes() / x.dim(0)), out.data,
                     stream_);
+}
+
+void CudaBackend::argmax_rows(const Tensor& logits, Tensor& ids) {
+  const int64_t vocab = logits.dim(-1);
+  cuda::argmax_rows(logits.as<float>(), logits.numel() / vocab, vocab, ids.as<int32_t>(), stream_);
 }
 
 void CudaBackend::synchronize() { KILN_CUDA_CHECK(cudaStreamSynchronize(stream_)); }

@@ -42,7 +42,7 @@ class CudaBackend final : public Backend {
   Result<Tensor> adopt_weight(const Tensor& host, std::shared_ptr<void> keep_alive) override;
   Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) override;
   void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) override;
-  Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows) override;
+  Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, bool argmax) override;
   void run_forward_ops(const std::function<void()>& ops) override;
 
   void embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) override;
@@ -55,6 +55,7 @@ class CudaBackend final : public Backend {
                        const AttentionParams& params, Tensor& out) override;
   void silu_mul(const Tensor& gate_up, Tensor& out) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
+  void argmax_rows(const Tensor& logits, Tensor& ids) override;
   void synchronize() override;
 
   cudaStream_t stream() const { return stream_; }

@@ -50,6 +50,10 @@ void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t
 // out[i] = x[i] converted from `from` to `to` (f32 / f16 / bf16; round to nearest even). n elements.
 void convert(const void* x, DType from, void* out, DType to, int64_t n, cudaStream_t stream);
 
+// ids[r] = first index of the maximum of logits row r (strictly greater wins: ties and NaNs keep the lower
+// index, as the host sampler). logits [rows, vocab] f32, ids [rows] i32.
+void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* ids, cudaStream_t stream);
+
 // out = x * rsqrt(mean(x^2) + eps) * w, per row. x, out [rows, dim] act; w [dim] f32. out may alias x.
 void rmsnorm(const void* x, const float* w, float eps, void* out, int64_t rows, int64_t dim, DType act,
              cudaStream_t stream);

@@ -408,7 +408,62 @@ __global__ void convert_kernel(const TI* __restrict__ x, TO* __restrict__ out, i
     out[i] = from_f32<TO>(to_f32(x[i]));
 }
 
+// ---------------------------------------------------------------- argmax
+
+// One block per row. Each thread scans a strided part of the row keeping (value, index) with strict '>'
+// (its indices rise, so the first maximum stays); the merge prefers the larger value, then the lower index.
+// Every thread starts from element 0, so a NaN there stays (index 0) and a NaN elsewhere never wins: the host's
+// result in both cases.
+__device__ __forceinline__ void better(float& v, int& i, float v2, int i2) {
+  if (v2 > v || (v2 == v && i2 < i)) {
+    v = v2;
+    i = i2;
+  }
+}
+
+__global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab, int32_t* __restrict__ ids) {
+  const float* row = logits + blockIdx.x * vocab;
+  float v = row[0];
+  int i = 0;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
+    if (row[j] > v) {
+      v = row[j];
+      i = static_cast<int>(j);
+    }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+    const int i2 = __shfl_xor_sync(0xffffffffu, i, o);
+    better(v, i, v2, i2);
+  }
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    sv[warp] = v;
+    si[warp] = i;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int warps = blockDim.x >> 5;
+    v = lane < warps ? sv[lane] : sv[0];
+    i = lane < warps ? si[lane] : si[0];
+    for (int o = 16; o > 0; o >>= 1) {
+      const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+      const int i2 = __shfl_xor_sync(0xffffffffu, i, o);
+      better(v, i, v2, i2);
+    }
+    if (lane == 0) ids[blockIdx.x] = i;
+  }
+}
+
 // ---------------------------------------------------------------- launchers
+
+void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* ids, cudaStream_t stream) {
+  if (rows == 0) return;
+  KILN_CHECK(vocab > 0 && vocab < INT32_MAX && rows < INT32_MAX, "argmax_rows: bad shape");
+  argmax_kernel<<<static_cast<unsigned>(rows), 1024, 0, stream>>>(logits, vocab, ids);
+  check_launch("argmax_rows");
+}
 
 void convert(const void* x, DType from, void* out, DType to, int64_t n, cudaStream_t stream) {
   if (n == 0) return;

@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "model/golden_check.h"
 
@@ -110,6 +111,39 @@ TEST(CudaBackend, LinearMatchesFloat64Reference) {
     // f32: true f32 math (no TF32); 16-bit outputs: rounding of y itself dominates.
     const double tol = c.yt == DType::kF32 ? (c.wt == DType::kF32 ? 1e-5 : 1e-4) : (c.yt == DType::kF16 ? 1e-3 : 8e-3);
     EXPECT_LT(rel, tol) << "relative error " << rel;
+  }
+}
+
+TEST(CudaBackend, ArgmaxRowsMatchesCpu) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  auto made = CudaBackend::create();
+  ASSERT_TRUE(made.ok()) << made.status().to_string();
+  CudaBackend& be = **made;
+  CpuBackend cpu;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 4.0f);
+  for (int64_t vocab : {1, 7, 1000, 32064, 128256}) {
+    const int64_t rows = 9;
+    std::vector<float> logits(rows * vocab);
+    for (float& v : logits) v = nd(rng);
+    // Row 1: a tie of the maximum (the first wins); row 2: NaN at 0 (index 0); row 3: NaN elsewhere (ignored);
+    // row 4: all equal (index 0).
+    if (vocab > 5) {
+      logits[1 * vocab + 2] = logits[1 * vocab + vocab - 1] = 1e6f;
+      logits[2 * vocab] = NAN;
+      logits[3 * vocab + 1] = NAN;
+      std::fill(logits.begin() + 4 * vocab, logits.begin() + 5 * vocab, 0.5f);
+    }
+    std::vector<int32_t> want(rows), got(rows, -1);
+    Tensor lt{logits.data(), DType::kF32, {rows, vocab}}, wt{want.data(), DType::kI32, {rows}};
+    cpu.argmax_rows(lt, wt);
+    auto lb = be.allocate(logits.size() * 4), ib = be.allocate(rows * 4);
+    ASSERT_TRUE(lb.ok() && ib.ok());
+    Tensor dl = lb->view(DType::kF32, {rows, vocab}), di = ib->view(DType::kI32, {rows});
+    be.upload(logits.data(), dl);
+    be.argmax_rows(dl, di);
+    be.download(di, got.data());
+    EXPECT_EQ(got, want) << "vocab " << vocab;
   }
 }
 
