@@ -44,8 +44,9 @@ if [[ $what == phi3 || $what == all ]]; then
   t0=$(date +%s)
   engine phi3 bench/shapes/phi-3-mini-128k-instruct.shape.json 64 2048 4096 || echo "phi3 engine failed"
   echo "phi3 engine ready in $(( $(date +%s) - t0 )) s"
-  $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 --concurrency 1 \
-    --warmup 1 --json >"$OUT/phi3_decode_b1.json" 2>"$OUT/phi3_decode_b1.err"; tail -3 "$OUT/phi3_decode_b1.err"
+  KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 \
+    --concurrency 1 --warmup 1 --json >"$OUT/phi3_decode_b1.json" 2>"$OUT/phi3_decode_b1.err"
+  grep "timing" "$OUT/phi3_decode_b1.err"
   KILN_CUDA_GRAPHS=0 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 \
     --concurrency 1 --warmup 1 --json >"$OUT/phi3_decode_b1_nographs.json" 2>"$OUT/phi3_decode_b1_nographs.err"
   $K bench --engine_dir "$WORK/phi3-engine" --input_len 1024 --output_len 1 --num_requests 6 --concurrency 1 \
@@ -70,8 +71,9 @@ if [[ $what == llama || $what == all ]]; then
   # TensorRT-LLM v0.14's published H100 FP16 lengths; in-flight batching at up to 512 sequences.
   for spec in "128 128 2048 512" "128 2048 512 512" "2048 128 512 256"; do
     set -- $spec
-    $K bench --engine_dir "$WORK/llama3-engine" --input_len "$1" --output_len "$2" --num_requests "$3" \
-      --concurrency "$4" --warmup 16 --json >"$OUT/llama3_$1_$2.json" 2>"$OUT/llama3_$1_$2.err"
+    KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/llama3-engine" --input_len "$1" --output_len "$2" \
+      --num_requests "$3" --concurrency "$4" --warmup 16 --json >"$OUT/llama3_$1_$2.json" 2>"$OUT/llama3_$1_$2.err"
+    grep "timing" "$OUT/llama3_$1_$2.err"
     python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print(sys.argv[2], 'requests', j['num_requests'], 'concurrency', j['concurrency'], 'out tok/s %.0f' % j['output_tokens_per_s'], 'ttft p50 %.1f ms' % j['ttft_ms']['p50'], 'itl p50 %.2f ms' % j['itl_ms']['p50'])" "$OUT/llama3_$1_$2.json" "llama3 $1/$2" || tail -3 "$OUT/llama3_$1_$2.err"
   done
 fi

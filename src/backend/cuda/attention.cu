@@ -12,9 +12,11 @@
 //  * prefill_kernel (flash-attention-2 style, f16/bf16 only): one CTA per (tile of 64 new tokens of a
 //    sequence, query head); Q tile and double-buffered 64-key K/V tiles gathered from the pools into
 //    shared memory with cp.async; Q.K^T and P.V on tensor cores (mma.sync m16n8k16, f32 accumulation),
-//    online softmax in f32 registers. Used when some sequence adds more than kDecodeMaxNew tokens (mixed
-//    batches included: their decode sequences get one CTA per head with one live row, which is correct
-//    and cheap next to the prompt's work).
+//    online softmax in f32 registers. Used for the sequences that add more than kDecodeMaxNew tokens.
+//    A mixed batch (prompts and decode steps) runs both kernels when the DeviceBatch lists which sequences
+//    are which: a decode token in a 64-row prefill tile would cost as much as 64 prompt tokens (measured:
+//    Llama-3-8B shape, 2048-token prompts beside 256 decoding sequences); without the lists, the prefill
+//    kernel takes every sequence.
 //
 // Scores are kept in log2 units: q is pre-multiplied by scale * log2(e) so that softmax uses exp2.
 #include <cuda_bf16.h>
@@ -36,7 +38,7 @@ namespace {
 // ---------------------------------------------------------------- tuning constants
 
 constexpr int kThreads = 128;       // every kernel here: 4 warps
-constexpr int kDecodeMaxNew = 4;    // batches with max_num_new above this (f16/bf16) take the prefill kernel
+constexpr int kDecodeMaxNew = kAttentionDecodeMaxNew;  // more new tokens (f16/bf16): the prefill kernel
 constexpr int kMaxGroup = 8;        // query heads per decode CTA (registers: 8 x 8 floats of q and of acc)
 constexpr int kTargetCtas = 512;    // decode CTAs wanted per launch (~4 resident per SM x 132 SMs)
 constexpr int kMinChunk = 128;      // fewest keys a decode split handles
@@ -112,6 +114,7 @@ struct DecodeArgs {
   void* out;          // [T, H * d] act
   float* ws_lse;      // [T, H, num_splits] log2-sum-exp of each split (splits > 1)
   float* ws_o;        // [T, H, num_splits, d] each split's normalized output (splits > 1)
+  const int32_t* tokens;  // the tokens to attend, grid x = index into this list (null: token = grid x)
   const int32_t* token_seq;
   const int32_t* token_pos;
   const int32_t* block_tables;
@@ -131,7 +134,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
   __shared__ float sm_acc[kWarps][G][DMAX];  // per-warp merged acc, then merged across warps
   __shared__ float sm_m[kWarps][G], sm_l[kWarps][G];
 
-  const int t = blockIdx.x;
+  const int item = blockIdx.x;  // index in the token list: the workspace's row
+  const int t = a.tokens ? a.tokens[item] : item;
   const int g = blockIdx.y / a.hgroups, hg = blockIdx.y % a.hgroups;
   const int split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -294,19 +298,20 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
       // The key range holds at least the token itself: lsum > 0.
       static_cast<T*>(a.out)[row * d + e] = from_f32<T>(o / lsum);
     } else {
-      const int64_t part = row * a.num_splits + split;
+      const int64_t part = (static_cast<int64_t>(item) * a.H + g * a.rep + head) * a.num_splits + split;
       a.ws_o[part * d + e] = lsum > 0.0f ? o / lsum : 0.0f;
       if (e == 0) a.ws_lse[part] = lsum > 0.0f ? mx + log2f(lsum) : -INFINITY;
     }
   }
 }
 
-// Merges the splits of one (token, query head) row: grid T * H, block kThreads.
+// Merges the splits of one (list item, query head) row: grid items * H, block kThreads; the output row is
+// that of the item's token (tokens[item], or the item itself without a list).
 // out[row, :] = sum_i w_i o_i / sum_i w_i with w_i = exp2(lse_i - max lse). Split 0 is never empty.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restrict__ ws_lse,
                                                            const float* __restrict__ ws_o, T* __restrict__ out,
-                                                           int d, int num_splits) {
+                                                           int d, int num_splits, const int32_t* tokens, int H) {
   __shared__ float w[kMaxSplits];
   __shared__ float inv_total;
   const int64_t row = blockIdx.x;
@@ -331,7 +336,9 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restri
   for (int e = threadIdx.x; e < d; e += kThreads) {
     float x = 0.0f;
     for (int i = 0; i < num_splits; ++i) x = fmaf(w[i], o[static_cast<int64_t>(i) * d + e], x);
-    out[row * d + e] = from_f32<T>(x * inv_total);
+    const int64_t item = row / H, head = row % H;
+    const int64_t out_row = (tokens ? tokens[item] : item) * H + head;
+    out[out_row * d + e] = from_f32<T>(x * inv_total);
   }
 }
 
@@ -402,6 +409,7 @@ struct PrefillArgs {
   const void* k;
   const void* v;
   void* out;
+  const int32_t* seqs;  // the sequences to attend, grid y = index into this list (null: sequence = grid y)
   const int32_t* seq_first_token;
   const int32_t* seq_num_new;
   const int32_t* seq_context_len;
@@ -433,7 +441,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(const PrefillArgs a) 
   T* sK = sQ + kBM * PT;
   T* sV = sK + 2 * kBN * PT;
 
-  const int s = blockIdx.y, h = blockIdx.z;
+  const int s = a.seqs ? a.seqs[blockIdx.y] : blockIdx.y, h = blockIdx.z;
   const int num_new = a.seq_num_new[s];
   const int q0 = blockIdx.x * kBM;
   if (q0 >= num_new) return;
@@ -691,27 +699,27 @@ void launch_decode_d(const DecodeArgs& a, int G, int64_t T_, cudaStream_t stream
 }
 
 template <typename T, int D>
-void launch_prefill(const PrefillArgs& a, const DeviceBatch& b, cudaStream_t stream) {
+void launch_prefill(const PrefillArgs& a, int32_t num_seqs, int32_t max_new, cudaStream_t stream) {
   constexpr size_t smem = prefill_smem_bytes<D>();
   // Per launch (cheap), so it holds for whichever device is current.
   const cudaError_t e =
       cudaFuncSetAttribute(prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   KILN_CHECK(e == cudaSuccess, std::string("paged_attention: cudaFuncSetAttribute(") + std::to_string(smem) +
                                    " bytes of shared memory) failed: " + cudaGetErrorString(e));
-  const dim3 grid(static_cast<unsigned>(ceil_div(b.max_num_new, kBM)), static_cast<unsigned>(b.num_seqs),
+  const dim3 grid(static_cast<unsigned>(ceil_div(max_new, kBM)), static_cast<unsigned>(num_seqs),
                   static_cast<unsigned>(a.H));
   prefill_kernel<T, D><<<grid, kThreads, smem, stream>>>(a);
 }
 
 template <typename T>
-void launch_prefill_d(const PrefillArgs& a, int d, const DeviceBatch& b, cudaStream_t stream) {
+void launch_prefill_d(const PrefillArgs& a, int d, int32_t num_seqs, int32_t max_new, cudaStream_t stream) {
   switch (d) {
-    case 16: launch_prefill<T, 16>(a, b, stream); break;
-    case 32: launch_prefill<T, 32>(a, b, stream); break;
-    case 64: launch_prefill<T, 64>(a, b, stream); break;
-    case 96: launch_prefill<T, 96>(a, b, stream); break;
-    case 128: launch_prefill<T, 128>(a, b, stream); break;
-    case 256: launch_prefill<T, 256>(a, b, stream); break;
+    case 16: launch_prefill<T, 16>(a, num_seqs, max_new, stream); break;
+    case 32: launch_prefill<T, 32>(a, num_seqs, max_new, stream); break;
+    case 64: launch_prefill<T, 64>(a, num_seqs, max_new, stream); break;
+    case 96: launch_prefill<T, 96>(a, num_seqs, max_new, stream); break;
+    case 128: launch_prefill<T, 128>(a, num_seqs, max_new, stream); break;
+    case 256: launch_prefill<T, 256>(a, num_seqs, max_new, stream); break;
     default:
       KILN_CHECK(false, "paged_attention: head_dim " + std::to_string(d) +
                             " unsupported for f16/bf16 (16, 32, 64, 96, 128 or 256)");
@@ -725,14 +733,35 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
   int shift = 0;
   while ((1 << shift) < b.block_size) ++shift;
   const float scale_log2 = p.scale * kLog2e;
+  constexpr bool kF32 = std::is_same_v<T, float>;
 
-  if (!std::is_same_v<T, float> && b.max_num_new > kDecodeMaxNew) {
-    KILN_CHECK(b.num_seqs <= 65535, "paged_attention: more than 65535 sequences in a batch");
+  // Which tokens each kernel takes. f32: the decode kernel, all of them. f16/bf16 with the batch's split
+  // (prefill_seqs set): prefill kernel over the long sequences, decode kernel over the others' tokens;
+  // without it: all by the prefill kernel when some sequence adds more than kDecodeMaxNew tokens.
+  const int32_t* prefill_list = nullptr;
+  int32_t prefill_count = 0, prefill_max_new = 0;
+  const int32_t* decode_list = nullptr;
+  int32_t decode_count = b.num_tokens;
+  if (!kF32 && b.prefill_seqs) {
+    prefill_list = b.prefill_seqs;
+    prefill_count = b.num_prefill_seqs;
+    prefill_max_new = b.max_prefill_new;
+    decode_list = b.num_prefill_seqs > 0 ? b.decode_tokens : nullptr;
+    decode_count = b.num_prefill_seqs > 0 ? b.num_decode_tokens : b.num_tokens;
+  } else if (!kF32 && b.max_num_new > kDecodeMaxNew) {
+    prefill_count = b.num_seqs;
+    prefill_max_new = b.max_num_new;
+    decode_count = 0;
+  }
+
+  if (prefill_count > 0) {
+    KILN_CHECK(prefill_count <= 65535, "paged_attention: more than 65535 sequences in a batch");
     PrefillArgs a{};
     a.q = q;
     a.k = kv.k;
     a.v = kv.v;
     a.out = out;
+    a.seqs = prefill_list;
     a.seq_first_token = b.seq_first_token;
     a.seq_num_new = b.seq_num_new;
     a.seq_context_len = b.seq_context_len;
@@ -745,19 +774,19 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
     a.rep = rep;
     a.window = p.window;
     a.scale_log2 = scale_log2;
-    if constexpr (!std::is_same_v<T, float>) launch_prefill_d<T>(a, p.head_dim, b, stream);
+    if constexpr (!kF32) launch_prefill_d<T>(a, p.head_dim, prefill_count, prefill_max_new, stream);
     check_launch("paged_attention (prefill)");
-    return;
   }
+  if (decode_count <= 0) return;
 
   const int G = decode_group(rep);
-  const int splits = decode_splits(p, b.num_tokens, b.max_context_len);
-  const size_t need = decode_workspace_bytes(p, b.num_tokens, splits);
+  const int splits = decode_splits(p, decode_count, b.max_context_len);
+  const size_t need = decode_workspace_bytes(p, decode_count, splits);
   KILN_CHECK(need <= workspace_bytes && (need == 0 || workspace != nullptr),
              "paged_attention: workspace of " + std::to_string(workspace_bytes) + " bytes, this batch needs " +
                  std::to_string(need) + " (size it with attention_workspace_bytes for at least " +
                  std::to_string(b.num_tokens) + " tokens and context " + std::to_string(b.max_context_len) + ")");
-  KILN_CHECK(b.num_tokens <= 0x7fffffff && p.num_kv_heads * decode_hgroups(rep) <= 65535,
+  KILN_CHECK(decode_count <= 0x7fffffff && p.num_kv_heads * decode_hgroups(rep) <= 65535,
              "paged_attention: grid too large");
   DecodeArgs a{};
   a.q = q;
@@ -765,10 +794,11 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
   a.v = kv.v;
   a.out = out;
   if (splits > 1) {
-    const size_t rows = static_cast<size_t>(b.num_tokens) * p.num_heads * splits;
+    const size_t rows = static_cast<size_t>(decode_count) * p.num_heads * splits;
     a.ws_lse = static_cast<float*>(workspace);
     a.ws_o = reinterpret_cast<float*>(static_cast<char*>(workspace) + align_up(rows * sizeof(float), 256));
   }
+  a.tokens = decode_list;
   a.token_seq = b.token_seq;
   a.token_pos = b.token_pos;
   a.block_tables = b.block_tables;
@@ -784,11 +814,12 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
   a.chunk = static_cast<int>(ceil_div(max_key_range(p, b.max_context_len), splits));
   a.num_splits = splits;
   a.scale_log2 = scale_log2;
-  launch_decode_d<T>(a, G, b.num_tokens, stream);
+  launch_decode_d<T>(a, G, decode_count, stream);
   check_launch("paged_attention (decode)");
   if (splits > 1) {
-    combine_kernel<T><<<static_cast<unsigned>(static_cast<int64_t>(b.num_tokens) * p.num_heads), kThreads, 0,
-                        stream>>>(a.ws_lse, a.ws_o, static_cast<T*>(out), p.head_dim, splits);
+    combine_kernel<T><<<static_cast<unsigned>(static_cast<int64_t>(decode_count) * p.num_heads), kThreads, 0,
+                        stream>>>(a.ws_lse, a.ws_o, static_cast<T*>(out), p.head_dim, splits, decode_list,
+                                  p.num_heads);
     check_launch("paged_attention (combine splits)");
   }
 }

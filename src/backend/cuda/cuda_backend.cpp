@@ -42,10 +42,25 @@ CudaBackend::CudaBackend(int device, cudaStream_t stream)
   graphs_enabled_ = !(g && std::string(g) == "0");
   const char* v = std::getenv("KILN_CUDA_GEMV");  // "0": decode linears through cuBLASLt too
   gemv_enabled_ = !(v && std::string(v) == "0");
+  const char* t = std::getenv("KILN_CUDA_TIMING");
+  timing_ = t && std::string(t) == "1";
+  if (timing_) {
+    KILN_CUDA_CHECK(cudaEventCreate(&ev_begin_));
+    KILN_CUDA_CHECK(cudaEventCreate(&ev_end_));
+  }
 }
 
 CudaBackend::~CudaBackend() {
   cudaStreamSynchronize(stream_);
+  if (timing_) {
+    collect_timing();
+    for (const auto& [name, t] : {std::pair{"graphed decode steps", graphed_times_}, std::pair{"other forwards", other_times_}})
+      if (t.count)
+        std::fprintf(stderr, "kiln cuda timing: %s: %ld, GPU time %.3f ms each\n", name, static_cast<long>(t.count),
+                     t.gpu_ms / t.count);
+    cudaEventDestroy(ev_begin_);
+    cudaEventDestroy(ev_end_);
+  }
   drop_graphs();
   gemm_.reset();
   cudaStreamDestroy(stream_);
@@ -157,7 +172,18 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
     graph_key_ = (static_cast<uint64_t>(T) << 40) | (static_cast<uint64_t>(num_logit_rows) << 20) |
                  (static_cast<uint64_t>(argmax) << 19) | static_cast<uint64_t>(bucket);
   }
-  const size_t n = 2 * static_cast<size_t>(T) + 3 * static_cast<size_t>(S) + static_cast<size_t>(S) * max_blocks;
+  // Mixed batches: which sequences the prefill kernel takes, which tokens the decode kernel takes.
+  int32_t num_prefill = 0, num_decode_tokens = 0, max_prefill_new = 0;
+  for (const SequenceView& s : batch.seqs) {
+    if (s.num_new > cuda::kAttentionDecodeMaxNew) {
+      ++num_prefill;
+      max_prefill_new = std::max(max_prefill_new, s.num_new);
+    } else {
+      num_decode_tokens += s.num_new;
+    }
+  }
+  const size_t n = 2 * static_cast<size_t>(T) + 3 * static_cast<size_t>(S) + static_cast<size_t>(S) * max_blocks +
+                   static_cast<size_t>(num_prefill) + static_cast<size_t>(num_decode_tokens);
   const size_t bytes = n * sizeof(int32_t);
   KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the staging buffer may still feed the previous copy
   if (batch_host_bytes_ < bytes) {
@@ -170,7 +196,9 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
   }
   int32_t* h = static_cast<int32_t*>(batch_host_.get());
   int32_t *token_seq = h, *token_pos = h + T, *first = h + 2 * T, *num_new = first + S, *ctx = num_new + S,
-          *tables = ctx + S;
+          *tables = ctx + S, *prefill_seqs = tables + static_cast<size_t>(S) * max_blocks,
+          *decode_tokens = prefill_seqs + num_prefill;
+  int32_t np = 0, nd = 0;
   std::fill(token_seq, token_seq + 2 * static_cast<size_t>(T), -1);
   for (int32_t s = 0; s < S; ++s) {
     const SequenceView& v = batch.seqs[s];
@@ -181,6 +209,9 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
       token_seq[v.first_token + i] = s;
       token_pos[v.first_token + i] = v.context_len - v.num_new + i;
     }
+    if (v.num_new > cuda::kAttentionDecodeMaxNew) prefill_seqs[np++] = s;
+    else
+      for (int32_t i = 0; i < v.num_new; ++i) decode_tokens[nd++] = v.first_token + i;
     std::copy(v.block_table.begin(), v.block_table.end(), tables + static_cast<size_t>(s) * max_blocks);
     std::fill(tables + static_cast<size_t>(s) * max_blocks + v.block_table.size(),
               tables + static_cast<size_t>(s + 1) * max_blocks, 0);
@@ -192,6 +223,12 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
   batch_ = cuda::DeviceBatch{T,         S,         batch.block_size, max_blocks, max_ctx,   max_new,
                              d,         d + T,     d + 2 * T,        d + 2 * T + S, d + 2 * T + 2 * S,
                              d + 2 * T + 3 * S};
+  const int32_t* lists = d + (prefill_seqs - h);
+  batch_.prefill_seqs = lists;
+  batch_.decode_tokens = lists + num_prefill;
+  batch_.num_prefill_seqs = num_prefill;
+  batch_.max_prefill_new = max_prefill_new;
+  batch_.num_decode_tokens = num_decode_tokens;
   batch_src_ = &batch;
   if (graph_key_ != 0) {
     // The capture must not allocate: size the attention's workspace for this shape now.
@@ -201,7 +238,31 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
   return {};
 }
 
+void CudaBackend::collect_timing() {
+  if (!ev_pending_) return;
+  KILN_CUDA_CHECK(cudaEventSynchronize(ev_end_));
+  float ms = 0;
+  KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_begin_, ev_end_));
+  ForwardTimes& t = ev_graphed_ ? graphed_times_ : other_times_;
+  ++t.count;
+  t.gpu_ms += ms;
+  ev_pending_ = false;
+}
+
 void CudaBackend::run_forward_ops(const std::function<void()>& ops) {
+  if (timing_) {
+    collect_timing();
+    KILN_CUDA_CHECK(cudaEventRecord(ev_begin_, stream_));
+    ev_graphed_ = graph_key_ != 0;
+  }
+  run_forward_ops_untimed(ops);
+  if (timing_) {
+    KILN_CUDA_CHECK(cudaEventRecord(ev_end_, stream_));
+    ev_pending_ = true;
+  }
+}
+
+void CudaBackend::run_forward_ops_untimed(const std::function<void()>& ops) {
   if (graph_key_ == 0) {
     ops();
     return;

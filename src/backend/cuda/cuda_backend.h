@@ -64,6 +64,7 @@ class CudaBackend final : public Backend {
   CudaBackend(int device, cudaStream_t stream);
   cuda::DeviceKv device_kv(const KvLayer& kv) const;
   void drop_graphs();
+  void run_forward_ops_untimed(const std::function<void()>& ops);
   // Grows a device scratch buffer to at least `bytes` (waits for the stream first: it may be in use).
   void* scratch(DeviceBuffer& buf, size_t bytes);
 
@@ -86,6 +87,18 @@ class CudaBackend final : public Backend {
   bool capturing_ = false;
   bool graphs_enabled_ = true;  // KILN_CUDA_GRAPHS=0 turns graphs off (for comparisons)
   bool gemv_enabled_ = true;    // KILN_CUDA_GEMV=0: batch 1..4 linears through cuBLASLt (for comparisons)
+  // KILN_CUDA_TIMING=1: GPU time of every forward's ops (events around run_forward_ops), summed per kind
+  // (graphed decode steps, other forwards) and printed when the backend goes, next to the wall time between
+  // forwards: the gap is host time the GPU waited for.
+  struct ForwardTimes {
+    int64_t count = 0;
+    double gpu_ms = 0;
+  };
+  bool timing_ = false;
+  cudaEvent_t ev_begin_ = nullptr, ev_end_ = nullptr;
+  bool ev_pending_ = false, ev_graphed_ = false;
+  ForwardTimes graphed_times_, other_times_;
+  void collect_timing();
 };
 
 }  // namespace kiln

@@ -16,6 +16,10 @@ namespace kiln::cuda {
 // host AttentionBatch: T new tokens from S sequences, sequence s's new tokens at rows
 // [seq_first_token[s], seq_first_token[s] + seq_num_new[s]), sitting at positions
 // [seq_context_len[s] - seq_num_new[s], seq_context_len[s]) of the sequence.
+// Sequences adding at most this many tokens in a forward are attended by the decode kernel (split-KV), the
+// others by the prefill kernel (tensor-core tiles).
+constexpr int32_t kAttentionDecodeMaxNew = 4;
+
 struct DeviceBatch {
   int32_t num_tokens = 0;          // T
   int32_t num_seqs = 0;            // S
@@ -29,6 +33,13 @@ struct DeviceBatch {
   const int32_t* seq_num_new = nullptr;      // [S]
   const int32_t* seq_context_len = nullptr;  // [S] tokens in the KV after this forward (new ones included)
   const int32_t* block_tables = nullptr;     // [S, max_blocks_per_seq] physical KV block of each logical block
+  // Optional split of a mixed batch (null prefill_seqs: the attention decides from max_num_new alone):
+  // the sequences adding more than kAttentionDecodeMaxNew tokens, and the tokens of all the others.
+  const int32_t* prefill_seqs = nullptr;     // [num_prefill_seqs]
+  const int32_t* decode_tokens = nullptr;    // [num_decode_tokens]
+  int32_t num_prefill_seqs = 0;
+  int32_t max_prefill_new = 0;               // max num_new over prefill_seqs (host copy)
+  int32_t num_decode_tokens = 0;
 };
 
 // A layer's paged KV pools, each [num_blocks, num_kv_heads, block_size, head_dim] of `dtype`

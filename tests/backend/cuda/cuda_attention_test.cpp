@@ -259,6 +259,27 @@ void check_case(const Case& c, const std::vector<SeqSpec>& specs, uint32_t seed)
   kv.num_kv_heads = KVH;
   kv.head_dim = d;
 
+  // The batch's split into prefill sequences and decode tokens (as the backend passes it): the second pass.
+  std::vector<int32_t> prefill_seqs, decode_tokens;
+  for (size_t si = 0; si < specs.size(); ++si) {
+    if (specs[si].num_new > kAttentionDecodeMaxNew) prefill_seqs.push_back(static_cast<int32_t>(si));
+    else
+      for (int32_t i = 0; i < specs[si].num_new; ++i) decode_tokens.push_back(seq_first[si] + i);
+  }
+  DevMem d_pseqs, d_dtoks;
+  DEV_ALLOC(d_pseqs, std::max<size_t>(prefill_seqs.size(), 1) * 4, prefill_seqs.empty() ? nullptr : prefill_seqs.data());
+  DEV_ALLOC(d_dtoks, std::max<size_t>(decode_tokens.size(), 1) * 4, decode_tokens.empty() ? nullptr : decode_tokens.data());
+  for (int pass = 0; pass < (prefill_seqs.empty() ? 1 : 2); ++pass) {
+  SCOPED_TRACE(pass ? "with the prefill/decode split" : "without the split");
+  if (pass == 1) {
+    b.prefill_seqs = static_cast<const int32_t*>(d_pseqs.p);
+    b.decode_tokens = static_cast<const int32_t*>(d_dtoks.p);
+    b.num_prefill_seqs = static_cast<int32_t>(prefill_seqs.size());
+    b.num_decode_tokens = static_cast<int32_t>(decode_tokens.size());
+    for (size_t si = 0; si < specs.size(); ++si)
+      if (specs[si].num_new > kAttentionDecodeMaxNew) b.max_prefill_new = std::max(b.max_prefill_new, specs[si].num_new);
+    CUDA_ASSERT(cudaMemset(dout.p, 0xFF, dout.bytes));
+  }
   Stream stream;
   CUDA_ASSERT(cudaStreamCreateWithFlags(&stream.s, cudaStreamNonBlocking));
   paged_attention(dq.p, c.dtype, kv, b, p, dout.p, dws.p, ws_bytes, stream.s);
@@ -297,6 +318,7 @@ void check_case(const Case& c, const std::vector<SeqSpec>& specs, uint32_t seed)
   ASSERT_EQ(bad, 0) << bad << " non-finite outputs (unwritten or NaN), first at " << where(first_bad);
   EXPECT_LT(rel, tolerance(c.dtype)) << "relative L2 error " << rel << "; max abs error " << worst << " at "
                                      << where(worst_i);
+  }
 }
 
 const std::vector<std::pair<int, int>> kGqa{{4, 4}, {8, 4}, {8, 2}, {16, 2}};  // ratios 1, 2, 4, 8
