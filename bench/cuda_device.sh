@@ -83,5 +83,7 @@ if [[ $what == hf || $what == all ]]; then
     --output_len 128 --modes eager,compile 2>"$OUT/hf_phi3.err" | tee "$OUT/hf_phi3.json"
   python3 bench/hf_baseline.py --shape bench/shapes/llama-3-8b.shape.json --batch 64 --input_len 128 \
     --output_len 128 --modes eager 2>"$OUT/hf_llama3.err" | tee "$OUT/hf_llama3.json"
-  tail -2 "$OUT/hf_phi3.err" "$OUT/hf_llama3.err"
+  python3 bench/hf_baseline.py --shape bench/shapes/llama-3-8b.shape.json --batch 1 --input_len 128 \
+    --output_len 128 --modes eager,compile 2>"$OUT/hf_llama3_b1.err" | tee "$OUT/hf_llama3_b1.json"
+  tail -n 2 "$OUT/hf_phi3.err" "$OUT/hf_llama3.err" "$OUT/hf_llama3_b1.err"
 fi

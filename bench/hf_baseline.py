@@ -55,7 +55,7 @@ def main():
         kw = {}
         if mode == "compile":
             kw = {"cache_implementation": "static"}
-            model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+            model.forward = torch.compile(model.forward, mode="reduce-overhead")  # graph breaks allowed (LongRoPE)
             t0 = time.perf_counter()
             timed_generate(model, ids, 4, **kw)  # compiles
             timed_generate(model, ids, 4, **kw)
