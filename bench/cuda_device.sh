@@ -49,19 +49,24 @@ if [[ $what == phi3 || $what == all ]]; then
   grep "timing" "$OUT/phi3_decode_b1.err"
   KILN_CUDA_GRAPHS=0 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 \
     --concurrency 1 --warmup 1 --json >"$OUT/phi3_decode_b1_nographs.json" 2>"$OUT/phi3_decode_b1_nographs.err"
-  $K bench --engine_dir "$WORK/phi3-engine" --input_len 1024 --output_len 1 --num_requests 6 --concurrency 1 \
+  KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/phi3-engine" --input_len 1024 --output_len 1 --num_requests 6 --concurrency 1 \
     --warmup 1 --json >"$OUT/phi3_ttft_1024.json" 2>"$OUT/phi3_ttft_1024.err"; tail -3 "$OUT/phi3_ttft_1024.err"
   python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]
-for f in ("phi3_decode_b1.json", "phi3_decode_b1_nographs.json", "phi3_ttft_1024.json"):
-    try:
-        j = json.loads(open(os.path.join(out, f)).read().strip().splitlines()[-1])
-    except Exception as e:
-        print(f, "no result:", e); continue
-    print(f"{f}: out tok/s {j['output_tokens_per_s']:.1f}  ttft p50 {j['ttft_ms']['p50']:.2f} ms  "
-          f"itl p50 {j['itl_ms']['p50']:.3f} ms  decode tok/s/req p50 {j['decode_tokens_per_s_per_request']['p50']:.1f}")
+with open(os.path.join(out, "phi3.jsonl"), "w") as all_:
+    for f in ("phi3_decode_b1.json", "phi3_decode_b1_nographs.json", "phi3_ttft_1024.json"):
+        try:
+            j = json.loads(open(os.path.join(out, f)).read().strip().splitlines()[-1])
+        except Exception as e:
+            print(f, "no result:", e); continue
+        j["run"] = f[:-5]
+        all_.write(json.dumps(j) + "\n")
+        os.remove(os.path.join(out, f))
+        print(f"{f}: out tok/s {j['output_tokens_per_s']:.1f}  ttft p50 {j['ttft_ms']['p50']:.2f} ms  "
+              f"itl p50 {j['itl_ms']['p50']:.3f} ms  decode tok/s/req p50 {j['decode_tokens_per_s_per_request']['p50']:.1f}")
 PY
+  cat "$OUT"/phi3_*.err > "$OUT/phi3.log"; rm -f "$OUT"/phi3_*.err
 fi
 
 if [[ $what == llama || $what == all ]]; then
