@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "backend/cuda/float_types.cuh"
 #include "backend/cuda/gemv.h"
 #include "core/status.h"
 
@@ -20,14 +21,6 @@ constexpr int kUnroll = 4;     // 16-byte W loads in flight per lane before the 
 
 __device__ __forceinline__ float2 to_float2(__half2 v) { return __half22float2(v); }
 __device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // Dot of 8 packed elements of W with 8 of x, accumulated in f32.
 template <typename T2>

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 
+#include "backend/cuda/float_types.cuh"
 #include "backend/cuda/kernels.h"
 #include "core/status.h"
 
@@ -25,19 +26,6 @@ void check_launch(const char* kernel) {
   KILN_CHECK(e == cudaSuccess, std::string(kernel) + ": launch failed: " + cudaGetErrorString(e));
 }
 
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-// Round-to-nearest-even narrowing, as the CPU's f32_to_f16 / f32_to_bf16.
-template <typename T>
-__device__ __forceinline__ T from_f32(float x);
-template <>
-__device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 // W consecutive elements moved together: W * sizeof(T) = 16 is one 128-bit load/store, 32 two of them,
 // W = 1 a scalar. Aligned to at most 16 bytes, which the callers check on the host with is_aligned.
