@@ -9,16 +9,21 @@
 //    batch whose sequences add at most kDecodeMaxNew tokens, and for all f32 batches (the fp32
 //    correctness mode: simple and exact, not fast for long prompts).
 //
-//  * prefill_kernel (flash-attention-2 style, f16/bf16 only): one CTA per (tile of 64 new tokens of a
-//    sequence, query head); Q tile and double-buffered 64-key K/V tiles gathered from the pools into
-//    shared memory with cp.async; Q.K^T and P.V on tensor cores (mma.sync m16n8k16, f32 accumulation),
-//    online softmax in f32 registers. Used for the sequences that add more than kDecodeMaxNew tokens.
+//  * prefill_kernel (flash-attention-2 style, f16/bf16 only): one CTA per (query head, sequence, tile of BM
+//    new tokens), BM = 128 (8 warps of 16 rows; 64 for head dim 256); 64-key K/V tiles gathered from the
+//    pools into shared memory with cp.async in a 2- or 3-stage ring (one barrier per tile); Q.K^T and P.V on
+//    tensor cores (mma.sync m16n8k16, f32 accumulation), online softmax in f32 registers with one FMA and
+//    one ex2 per score. Per head dim (launch_prefill_d, measured): the Q fragments in registers for the
+//    whole CTA or re-read from shared memory, 1 or 2 CTAs per SM, and optionally software-pipelined (the
+//    next tile's Q.K^T issued beside this tile's softmax). The heavy (late) query tiles are scheduled first;
+//    a warp skips the key tiles none of its rows sees and masks only those crossing its rows' boundaries.
+//    Used for the sequences that add more than kDecodeMaxNew tokens.
 //    A mixed batch (prompts and decode steps) runs both kernels when the DeviceBatch lists which sequences
-//    are which: a decode token in a 64-row prefill tile would cost as much as 64 prompt tokens (measured:
+//    are which: a decode token in a prefill tile would cost as much as a tile of prompt tokens (measured:
 //    Llama-3-8B shape, 2048-token prompts beside 256 decoding sequences); without the lists, the prefill
 //    kernel takes every sequence.
 //
-// Scores are kept in log2 units: q is pre-multiplied by scale * log2(e) so that softmax uses exp2.
+// Scores are kept in log2 units (scale * log2(e) folded in) so that softmax uses exp2.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -43,8 +48,6 @@ constexpr int kMaxGroup = 8;        // query heads per decode CTA (registers: 8 
 constexpr int kTargetCtas = 512;    // decode CTAs wanted per launch (~4 resident per SM x 132 SMs)
 constexpr int kMinChunk = 128;      // fewest keys a decode split handles
 constexpr int kMaxSplits = 64;      // most splits of one token's key range
-constexpr int kBM = 64;             // prefill: query rows per CTA (16 per warp)
-constexpr int kBN = 64;             // prefill: keys per K/V tile
 constexpr float kLog2e = 1.4426950408889634f;
 
 // ---------------------------------------------------------------- small helpers
@@ -404,6 +407,13 @@ __device__ __forceinline__ uint32_t pack2(float x, float y) {
   }
 }
 
+// 2^x on the special-function unit (inputs are <= 0 here; -inf gives 0, results under 2^-126 flush to 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 struct PrefillArgs {
   const void* q;
   const void* k;
@@ -416,208 +426,342 @@ struct PrefillArgs {
   const int32_t* block_tables;
   int32_t max_blocks_per_seq, block_size, block_shift;
   int32_t H, KVH, rep, window;
-  float scale_log2;
+  float scale_log2;  // scale * log2(e), > 0
 };
 
-// Shared memory rows are padded by 8 elements (16 bytes): with a row pitch of an odd multiple of 16 bytes,
-// the 8 rows an ldmatrix reads fall in 8 distinct 16-byte bank groups.
-template <int D>
-constexpr int kPitch = D + 8;
-template <int D>
-constexpr size_t prefill_smem_bytes() {
-  return static_cast<size_t>(kBM + 4 * kBN) * kPitch<D> * 2;  // Q + 2 x (K, V)
-}
+// One prefill kernel shape: NW warps of WM m-tiles (16 query rows each): BM = 16 * WM * NW rows per CTA;
+// K/V tiles of BN keys in a STAGES-deep cp.async ring; QREG: the Q tile's mma fragments live in registers
+// for the whole CTA (loaded once; the Q tile is staged in the ring's last stage), otherwise Q stays in its own
+// shared-memory region and its fragments are re-read per key tile. MINB: CTAs per SM asked of the compiler.
+// Shared rows are padded by 8 elements (16 bytes): with a row pitch of an odd multiple of 16 bytes, the 8
+// rows an ldmatrix reads fall in 8 distinct 16-byte bank groups.
+template <int D_, int NW_, int WM_, bool QREG_, int STAGES_, int MINB_, bool PIPE_ = false>
+struct PrefillCfg {
+  static constexpr int D = D_, NW = NW_, WM = WM_, STAGES = STAGES_, MINB = MINB_;
+  static constexpr bool QREG = QREG_, PIPE = PIPE_;
+  static constexpr int BN = 64;
+  static constexpr int BM = 16 * WM * NW;
+  static constexpr int PT = D + 8;
+  static constexpr int THREADS = 32 * NW;
+  static constexpr int STAGE_ELEMS = 2 * BN * PT;  // K tile then V tile
+  static constexpr size_t SMEM = static_cast<size_t>((QREG ? 0 : BM * PT) + STAGES * STAGE_ELEMS) * 2;
+  static_assert(STAGES >= 2, "at least double buffering");
+  static_assert(!QREG || BM <= 2 * BN, "the Q tile is staged in one K/V stage");
+};
 
 extern __shared__ __align__(16) unsigned char dyn_smem[];
 
-// grid (ceil(max_num_new / kBM), S, H), block kThreads (warp w: query rows 16w..16w+15 of the tile).
-// Shared: sQ [kBM][D+8], sK [2][kBN][D+8], sV [2][kBN][D+8] of T. Tile rows are the sequence's new tokens
-// q0..q0+63; keys from the first row's window start to the last row's position, kBN at a time.
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) prefill_kernel(const PrefillArgs a) {
-  constexpr int PT = kPitch<D>;
+// grid (H, S, ceil(max_num_new / BM)), block C::THREADS. CTA (h, s, z): query head h, tile
+// qt = gridDim.z - 1 - z of sequence s's new tokens (the late, heavy tiles are scheduled first, so that the
+// light ones fill the tail), rows q0 = qt * BM ... q0 + BM - 1. Warp w holds rows 16 * WM * w ... + 16 * WM - 1.
+// Keys from the first row's window start to the last row's position, BN at a time; a warp skips the tiles
+// that hold no key any of its rows sees, and masks only the tiles that cross one of its rows' boundaries.
+// Online softmax in raw score units: p = 2^(s * scale_log2 - m * scale_log2) (one FMA and one ex2 per score;
+// needs scale > 0); the accumulator is rescaled only when a row's max moved.
+template <typename T, class C>
+__global__ void __launch_bounds__(C::THREADS, C::MINB) prefill_kernel(const PrefillArgs a) {
+  constexpr int D = C::D, BM = C::BM, BN = C::BN, PT = C::PT, WM = C::WM, S = C::STAGES, NT = C::THREADS;
   constexpr int CH = D / 8;  // 16-byte chunks per row
-  T* sQ = reinterpret_cast<T*>(dyn_smem);
-  T* sK = sQ + kBM * PT;
-  T* sV = sK + 2 * kBN * PT;
+  T* const sKV = reinterpret_cast<T*>(dyn_smem) + (C::QREG ? 0 : BM * PT);
+  T* const sQ = C::QREG ? sKV + (S - 1) * C::STAGE_ELEMS : reinterpret_cast<T*>(dyn_smem);
 
-  const int s = a.seqs ? a.seqs[blockIdx.y] : blockIdx.y, h = blockIdx.z;
+  const int h = blockIdx.x;
+  const int s = a.seqs ? a.seqs[blockIdx.y] : blockIdx.y;
+  const int qt = gridDim.z - 1 - blockIdx.z;
   const int num_new = a.seq_num_new[s];
-  const int q0 = blockIdx.x * kBM;
+  const int q0 = qt * BM;
   if (q0 >= num_new) return;
   const int ctx = a.seq_context_len[s], first = a.seq_first_token[s];
-  const int rows = min(kBM, num_new - q0);
+  const int rows = min(BM, num_new - q0);
   const int pos0 = ctx - num_new + q0;  // position of tile row 0
   const int p_last = pos0 + rows - 1;
   const int kv_begin = a.window > 0 ? max(0, pos0 - a.window + 1) : 0;
   const int kv_end = p_last + 1;
-  const int ntiles = (kv_end - kv_begin + kBN - 1) / kBN;
+  const int ntiles = (kv_end - kv_begin + BN - 1) / BN;
   const int g = h / a.rep;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const float sl2 = a.scale_log2;
 
   const T* qg = static_cast<const T*>(a.q);
   const T* kpool = static_cast<const T*>(a.k);
   const T* vpool = static_cast<const T*>(a.v);
   const int32_t* table = a.block_tables + static_cast<int64_t>(s) * a.max_blocks_per_seq;
 
-  // Q tile (rows past num_new zero-filled).
-  for (int i = tid; i < kBM * CH; i += kThreads) {
-    const int r = i / CH, c = i % CH;
-    const bool ok = r < rows;
-    const T* src = ok ? qg + (static_cast<int64_t>(first + q0 + r) * a.H + h) * D + c * 8 : qg;
-    cp_async16(smem_addr(sQ + r * PT + c * 8), src, ok);
-  }
-  // K/V tile `tile` into buffer `buf`; keys past kv_end zero-filled (their block may not exist, and 0 * NaN
-  // from stale memory would poison P.V).
-  auto load_kv = [&](int tile, int buf) {
-    const int kt0 = kv_begin + tile * kBN;
-    T* dk = sK + buf * kBN * PT;
-    T* dv = sV + buf * kBN * PT;
-    for (int i = tid; i < kBN * CH; i += kThreads) {
+  // Q tile (rows past num_new zero-filled): the first cp.async group.
+  constexpr int kQIters = (BM * CH + NT - 1) / NT;
+#pragma unroll
+  for (int k = 0; k < kQIters; ++k) {
+    const int i = tid + k * NT;
+    if ((BM * CH) % NT == 0 || i < BM * CH) {
       const int r = i / CH, c = i % CH;
-      const int j = kt0 + r;
-      const bool ok = j < kv_end;
-      const T* ks = kpool;
-      const T* vs = vpool;
-      if (ok) {
-        const int64_t blk = table[j >> a.block_shift];
-        const int64_t off = ((blk * a.KVH + g) * a.block_size + (j & (a.block_size - 1))) * D + c * 8;
-        ks += off;
-        vs += off;
-      }
-      cp_async16(smem_addr(dk + r * PT + c * 8), ks, ok);
-      cp_async16(smem_addr(dv + r * PT + c * 8), vs, ok);
+      const bool ok = r < rows;
+      const T* src = ok ? qg + (static_cast<int64_t>(first + q0 + r) * a.H + h) * D + c * 8 : qg;
+      cp_async16(smem_addr(sQ + r * PT + c * 8), src, ok);
     }
-  };
-  load_kv(0, 0);
+  }
   cp_async_commit();
 
-  // This thread's two rows (fragment rows g and g + 8 of the warp's 16); rows past `rows` act as the last
-  // row (finite, never written).
-  const int r0 = warp * 16 + lane / 4;
-  const int pr[2] = {pos0 + min(r0, rows - 1), pos0 + min(r0 + 8, rows - 1)};
-  const int lr[2] = {a.window > 0 ? pr[0] - a.window + 1 : 0, a.window > 0 ? pr[1] - a.window + 1 : 0};
-  const int lo_last = a.window > 0 ? p_last - a.window + 1 : 0;
-
-  float o[D / 8][4];  // O [16 x D] of the warp: n-tile dn covers dims 8dn..8dn+7
+  // K/V tile `tile` into stage `st`; keys past kv_end zero-filled (their block may not exist, and 0 * NaN
+  // from stale memory would poison P.V).
+  constexpr int kKvIters = (BN * CH + NT - 1) / NT;
+  auto load_kv = [&](int tile, int st) {
+    const int kt0 = kv_begin + tile * BN;
+    T* dk = sKV + st * C::STAGE_ELEMS;
+    T* dv = dk + BN * PT;
 #pragma unroll
-  for (int dn = 0; dn < D / 8; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    for (int k = 0; k < kKvIters; ++k) {
+      const int i = tid + k * NT;
+      if ((BN * CH) % NT == 0 || i < BN * CH) {
+        const int r = i / CH, c = i % CH;
+        const int j = kt0 + r;
+        const bool ok = j < kv_end;
+        const T* ks = kpool;
+        const T* vs = vpool;
+        if (ok) {
+          const int64_t blk = table[j >> a.block_shift];
+          const int64_t off = ((blk * a.KVH + g) * a.block_size + (j & (a.block_size - 1))) * D + c * 8;
+          ks += off;
+          vs += off;
+        }
+        cp_async16(smem_addr(dk + r * PT + c * 8), ks, ok);
+        cp_async16(smem_addr(dv + r * PT + c * 8), vs, ok);
+      }
+    }
+  };
+  // Tiles 0 .. S-2 into stages 0 .. S-2, one group each (empty groups keep the count uniform).
+#pragma unroll
+  for (int st = 0; st < S - 1; ++st) {
+    if (st < ntiles) load_kv(st, st);
+    cp_async_commit();
+  }
 
   // ldmatrix lane roles (matrix mi = lane / 8, row lane % 8).
   const int lrow = lane & 7, mi_lo = (lane >> 3) & 1, mi_hi = lane >> 4;
-  const uint32_t q_addr = smem_addr(sQ + (warp * 16 + lrow + mi_lo * 8) * PT + mi_hi * 8);
+  const int wrow = warp * 16 * WM;  // the warp's first tile row
+  const uint32_t q_addr = smem_addr(sQ + (wrow + lrow + mi_lo * 8) * PT + mi_hi * 8);
 
-  for (int it = 0; it < ntiles; ++it) {
-    const int buf = it & 1;
-    if (it + 1 < ntiles) {
-      load_kv(it + 1, buf ^ 1);  // the buffer the previous iteration used (everyone is past it)
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+  uint32_t qf[C::QREG ? WM : 1][C::QREG ? D / 16 : 1][4];
+  if constexpr (C::QREG) {
+    cp_async_wait<S - 1>();  // the Q group (the K/V groups may still be in flight)
     __syncthreads();
-    const T* K = sK + buf * kBN * PT;
-    const T* V = sV + buf * kBN * PT;
-    const int kt0 = kv_begin + it * kBN;
-
-    // S [16 x 64] = Q K^T; n-tile nt covers keys kt0 + 8nt..+7.
-    float sc[kBN / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+    for (int wm = 0; wm < WM; ++wm)
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf[wm][kk], q_addr + (wm * 16 * PT + kk * 16) * 2);
+    // The loop's first barrier orders these reads before stage S-1 is refilled.
+  }
+
+  // This thread's rows: m-tile wm, fragment rows lane/4 and lane/4 + 8; rows past `rows` act as the last
+  // row (finite, never written).
+  int pr[WM][2], lr[WM][2];
+#pragma unroll
+  for (int wm = 0; wm < WM; ++wm)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      pr[wm][i] = pos0 + min(wrow + wm * 16 + lane / 4 + 8 * i, rows - 1);
+      lr[wm][i] = a.window > 0 ? pr[wm][i] - a.window + 1 : 0;
+    }
+  const bool warp_live = wrow < rows;
+  const int w_first = pos0 + min(wrow, rows - 1);               // the warp's first row's position
+  const int w_last = pos0 + min(wrow + 16 * WM - 1, rows - 1);  // and its last row's
+  const int w_lo_first = a.window > 0 ? w_first - a.window + 1 : 0;
+  const int w_lo_last = a.window > 0 ? w_last - a.window + 1 : 0;
+
+  float o[WM][D / 8][4];  // O [16 x D] per m-tile: n-tile dn covers dims 8dn..8dn+7
+#pragma unroll
+  for (int wm = 0; wm < WM; ++wm)
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) o[wm][dn][0] = o[wm][dn][1] = o[wm][dn][2] = o[wm][dn][3] = 0.0f;
+  float m[WM][2], l[WM][2];  // running max (raw score units) and this lane's part of the row sum
+#pragma unroll
+  for (int wm = 0; wm < WM; ++wm) m[wm][0] = m[wm][1] = -INFINITY, l[wm][0] = l[wm][1] = 0.0f;
+
+  // ---- per-tile steps (a warp calls them only for the tiles some of its rows see)
+  // S [16 x BN] = Q K^T per m-tile; n-tile nt covers keys kt0 + 8nt..+7.
+  auto qk = [&](const T* K, float (&sc)[WM][BN / 8][4]) {
+#pragma unroll
+    for (int wm = 0; wm < WM; ++wm)
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) sc[wm][nt][0] = sc[wm][nt][1] = sc[wm][nt][2] = sc[wm][nt][3] = 0.0f;
     const uint32_t k_addr = smem_addr(K + (lrow + mi_hi * 8) * PT + mi_lo * 8);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t af[4];
-      ldmatrix_x4(af, q_addr + kk * 32);
+      uint32_t af[WM][4];
 #pragma unroll
-      for (int np = 0; np < kBN / 16; ++np) {
+      for (int wm = 0; wm < WM; ++wm) {
+        if constexpr (C::QREG) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) af[wm][e] = qf[wm][kk][e];
+        } else {
+          ldmatrix_x4(af[wm], q_addr + (wm * 16 * PT + kk * 16) * 2);
+        }
+      }
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
         uint32_t bf[4];  // keys 16np..+7 (bf[0], bf[1]) and 16np+8..+15 (bf[2], bf[3])
         ldmatrix_x4(bf, k_addr + (np * 16 * PT + kk * 16) * 2);
-        mma16816<T>(sc[2 * np], af, bf[0], bf[1]);
-        mma16816<T>(sc[2 * np + 1], af, bf[2], bf[3]);
-      }
-    }
-
-    // Scale to log2 units; mask keys outside [lo_row, pos_row] where the tile crosses a boundary.
-    const bool need_mask = kt0 + kBN - 1 > pos0 || (a.window > 0 && kt0 < lo_last);
-    float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = sc[nt][e] * a.scale_log2;
-        if (need_mask) {
-          const int j = kt0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-          if (j > pr[e >> 1] || j < lr[e >> 1]) x = -INFINITY;
+        for (int wm = 0; wm < WM; ++wm) {
+          mma16816<T>(sc[wm][2 * np], af[wm], bf[0], bf[1]);
+          mma16816<T>(sc[wm][2 * np + 1], af[wm], bf[2], bf[3]);
         }
-        sc[nt][e] = x;
-        mx[e >> 1] = fmaxf(mx[e >> 1], x);
       }
-    float corr[2], ms[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-      const float mn = fmaxf(m[i], mx[i]);
-      corr[i] = rescale(m[i], mn);
-      ms[i] = mn == -INFINITY ? 0.0f : mn;  // a row with no key yet: p = exp2(-inf) = 0
-      m[i] = mn;
-      l[i] *= corr[i];
     }
+  };
+  // Does the warp see any key of the tile at kt0? (A tile none of its rows sees would leave m, l, o as is.)
+  auto warp_sees = [&](int kt0) { return warp_live && kt0 <= w_last && kt0 + BN - 1 >= w_lo_first; };
+  // Mask keys outside [lo_row, pos_row], only where the tile crosses one of the warp's row boundaries.
+  auto mask = [&](int kt0, float (&sc)[WM][BN / 8][4]) {
+    if (kt0 + BN - 1 > w_first || (a.window > 0 && kt0 < w_lo_last)) {
 #pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt)
+      for (int wm = 0; wm < WM; ++wm)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float p = exp2f(sc[nt][e] - ms[e >> 1]);
-        sc[nt][e] = p;
-        l[e >> 1] += p;  // this lane's columns; the row's 4 lanes are summed at the end
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = kt0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+            if (j > pr[wm][e >> 1] || j < lr[wm][e >> 1]) sc[wm][nt][e] = -INFINITY;
+          }
+    }
+  };
+  // Online softmax of the (masked) scores, then O += P V.
+  auto softmax_pv = [&](const T* V, float (&sc)[WM][BN / 8][4]) {
+#pragma unroll
+    for (int wm = 0; wm < WM; ++wm) {
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(sc[wm][nt][0], sc[wm][nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(sc[wm][nt][2], sc[wm][nt][3]));
+      }
+      float corr[2], ms[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        const float mn = fmaxf(m[wm][i], mx[i]);
+        const float mb = mn == -INFINITY ? 0.0f : mn;  // a row with no key yet: everything scales to 0
+        corr[i] = mn == m[wm][i] && mn != -INFINITY ? 1.0f : fast_exp2((m[wm][i] - mb) * sl2);
+        ms[i] = mb * sl2;
+        m[wm][i] = mn;
       }
 #pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn) {
-      o[dn][0] *= corr[0];
-      o[dn][1] *= corr[0];
-      o[dn][2] *= corr[1];
-      o[dn][3] *= corr[1];
+      for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[wm][nt][e] = fast_exp2(fmaf(sc[wm][nt][e], sl2, -ms[e >> 1]));
+      // This lane's columns of each row; the row's 4 lanes are summed at the end.
+      float rs[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        rs[0] += sc[wm][nt][0] + sc[wm][nt][1];
+        rs[1] += sc[wm][nt][2] + sc[wm][nt][3];
+      }
+      l[wm][0] = l[wm][0] * corr[0] + rs[0];
+      l[wm][1] = l[wm][1] * corr[1] + rs[1];
+      // Branch-free in the pipelined kernel (one basic block lets the scheduler interleave the next tile's
+      // Q K^T with this softmax); elsewhere skipped when no max of this lane's rows moved.
+      if (C::PIPE || corr[0] != 1.0f || corr[1] != 1.0f) {
+#pragma unroll
+        for (int dn = 0; dn < D / 8; ++dn) {
+          o[wm][dn][0] *= corr[0];
+          o[wm][dn][1] *= corr[0];
+          o[wm][dn][2] *= corr[1];
+          o[wm][dn][3] *= corr[1];
+        }
+      }
     }
 
     // O += P V: P's accumulator layout is the A fragment of the next mma (keys 16kk..16kk+15).
     const uint32_t v_addr = smem_addr(V + (lrow + mi_lo * 8) * PT + mi_hi * 8);
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t pa[4];
-      pa[0] = pack2<T>(sc[2 * kk][0], sc[2 * kk][1]);
-      pa[1] = pack2<T>(sc[2 * kk][2], sc[2 * kk][3]);
-      pa[2] = pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      pa[3] = pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t pa[WM][4];
+#pragma unroll
+      for (int wm = 0; wm < WM; ++wm) {
+        pa[wm][0] = pack2<T>(sc[wm][2 * kk][0], sc[wm][2 * kk][1]);
+        pa[wm][1] = pack2<T>(sc[wm][2 * kk][2], sc[wm][2 * kk][3]);
+        pa[wm][2] = pack2<T>(sc[wm][2 * kk + 1][0], sc[wm][2 * kk + 1][1]);
+        pa[wm][3] = pack2<T>(sc[wm][2 * kk + 1][2], sc[wm][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t bf[4];  // dims 16dp..+7 (bf[0], bf[1]) and 16dp+8..+15 (bf[2], bf[3])
         ldmatrix_x4_trans(bf, v_addr + (kk * 16 * PT + dp * 16) * 2);
-        mma16816<T>(o[2 * dp], pa, bf[0], bf[1]);
-        mma16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
+#pragma unroll
+        for (int wm = 0; wm < WM; ++wm) {
+          mma16816<T>(o[wm][2 * dp], pa[wm], bf[0], bf[1]);
+          mma16816<T>(o[wm][2 * dp + 1], pa[wm], bf[2], bf[3]);
+        }
       }
     }
-    __syncthreads();  // all warps are done with `buf` before the next iteration refills it
-  }
+  };
+  auto stage_k = [&](int tile) { return sKV + (tile % S) * C::STAGE_ELEMS; };
 
+  if constexpr (!C::PIPE) {
+    for (int it = 0; it < ntiles; ++it) {
+      cp_async_wait<S - 2>();  // tile `it` has landed (for this thread's copies) ...
+      __syncthreads();         // ... and everyone's; everyone is also past tile it-1, whose stage is refilled next
+      if (it + S - 1 < ntiles) load_kv(it + S - 1, (it + S - 1) % S);
+      cp_async_commit();
+      const int kt0 = kv_begin + it * BN;
+      if (!warp_sees(kt0)) continue;
+      float sc[WM][BN / 8][4];
+      qk(stage_k(it), sc);
+      mask(kt0, sc);
+      softmax_pv(stage_k(it) + BN * PT, sc);
+    }
+  } else {
+    // Software-pipelined: iteration `it` issues Q K^T of tile it+1 beside the softmax and P V of tile it.
+    // Stages: tile it (its V in use), tile it+1 (its K in use), tile it+2 (loading).
+    static_assert(S == 3, "the pipelined loop holds three tiles");
+    float sc[WM][BN / 8][4];
+    cp_async_wait<1>();  // tile 0 (tile 1 may be in flight)
+    __syncthreads();
+    if (warp_sees(kv_begin)) qk(stage_k(0), sc);
+    for (int it = 0; it < ntiles; ++it) {
+      cp_async_wait<0>();  // tile it+1 has landed (this thread's copies) ...
+      __syncthreads();     // ... everyone's; everyone is past tile it-1, whose stage is refilled now
+      if (it + 2 < ntiles) load_kv(it + 2, (it + 2) % S);
+      cp_async_commit();
+      const int kt0 = kv_begin + it * BN;
+      const bool cur = warp_sees(kt0);
+      const bool next = it + 1 < ntiles && warp_sees(kt0 + BN);
+      if (cur) mask(kt0, sc);
+      float sn[WM][BN / 8][4];
+      if (cur && next) {
+        qk(stage_k(it + 1), sn);
+        softmax_pv(stage_k(it) + BN * PT, sc);
+      } else if (cur) {
+        softmax_pv(stage_k(it) + BN * PT, sc);
+      } else if (next) {
+        qk(stage_k(it + 1), sn);
+      }
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+      for (int wm = 0; wm < WM; ++wm)
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) sc[wm][nt][e] = sn[wm][nt][e];
+    }
   }
+  cp_async_wait<0>();  // no copy outlives the CTA (the trailing groups are empty)
+
   T* out = static_cast<T*>(a.out);
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = r0 + 8 * i;
-    if (r >= rows) continue;
-    const float inv = 1.0f / l[i];  // > 0: the row's own key is always in range
-    T* dst = out + (static_cast<int64_t>(first + q0 + r) * a.H + h) * D + 2 * (lane & 3);
+  for (int wm = 0; wm < WM; ++wm)
 #pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn)
-      *reinterpret_cast<uint32_t*>(dst + dn * 8) = pack2<T>(o[dn][2 * i] * inv, o[dn][2 * i + 1] * inv);
-  }
+    for (int i = 0; i < 2; ++i) {
+      float li = l[wm][i];
+      li += __shfl_xor_sync(0xffffffffu, li, 1);
+      li += __shfl_xor_sync(0xffffffffu, li, 2);
+      const int r = wrow + wm * 16 + lane / 4 + 8 * i;
+      if (r >= rows) continue;
+      const float inv = 1.0f / li;  // > 0: the row's own key is always in range
+      T* dst = out + (static_cast<int64_t>(first + q0 + r) * a.H + h) * D + 2 * (lane & 3);
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn)
+        *reinterpret_cast<uint32_t*>(dst + dn * 8) = pack2<T>(o[wm][dn][2 * i] * inv, o[wm][dn][2 * i + 1] * inv);
+    }
 }
 
 // ---------------------------------------------------------------- host side
@@ -698,28 +842,37 @@ void launch_decode_d(const DecodeArgs& a, int G, int64_t T_, cudaStream_t stream
   }
 }
 
-template <typename T, int D>
+template <typename T, class C>
 void launch_prefill(const PrefillArgs& a, int32_t num_seqs, int32_t max_new, cudaStream_t stream) {
-  constexpr size_t smem = prefill_smem_bytes<D>();
   // Per launch (cheap), so it holds for whichever device is current.
-  const cudaError_t e =
-      cudaFuncSetAttribute(prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  KILN_CHECK(e == cudaSuccess, std::string("paged_attention: cudaFuncSetAttribute(") + std::to_string(smem) +
+  const cudaError_t e = cudaFuncSetAttribute(prefill_kernel<T, C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(C::SMEM));
+  KILN_CHECK(e == cudaSuccess, std::string("paged_attention: cudaFuncSetAttribute(") + std::to_string(C::SMEM) +
                                    " bytes of shared memory) failed: " + cudaGetErrorString(e));
-  const dim3 grid(static_cast<unsigned>(ceil_div(max_new, kBM)), static_cast<unsigned>(num_seqs),
-                  static_cast<unsigned>(a.H));
-  prefill_kernel<T, D><<<grid, kThreads, smem, stream>>>(a);
+  const int64_t qtiles = ceil_div(max_new, C::BM);
+  KILN_CHECK(qtiles <= 65535, "paged_attention: prompt of " + std::to_string(max_new) + " tokens too long");
+  const dim3 grid(static_cast<unsigned>(a.H), static_cast<unsigned>(num_seqs), static_cast<unsigned>(qtiles));
+  prefill_kernel<T, C><<<grid, C::THREADS, C::SMEM, stream>>>(a);
 }
 
+// The prefill kernel's shape per head dim. Measured on an H100 (one 2048-token prompt, H=32, KVH=8, D=128;
+// one 1024-token prompt, H=KVH=32, D=96), f16, us per launch:
+//   shape (warps x m-tiles, Q, stages, CTAs/SM)      D=128   D=96
+//   8 x 1, Q in registers, 3 stages                  163.3   39.1
+//   same, software-pipelined (PIPE)                  160.5   38.5
+//   8 x 1, Q in shared memory, 2 stages, 2 per SM    156.7   45.4   (128 registers, a few spilled)
+//   4 x 1, Q in registers, 3 stages, 2 per SM        169.2   41.4
+//   4 x 2, Q in shared memory, 2 stages, 2 per SM    178.2   45.1   (spills)
+// (the kernel before this one, 4 x 1 with Q re-read from shared memory and double buffering: 284.7 and 61.8).
 template <typename T>
 void launch_prefill_d(const PrefillArgs& a, int d, int32_t num_seqs, int32_t max_new, cudaStream_t stream) {
   switch (d) {
-    case 16: launch_prefill<T, 16>(a, num_seqs, max_new, stream); break;
-    case 32: launch_prefill<T, 32>(a, num_seqs, max_new, stream); break;
-    case 64: launch_prefill<T, 64>(a, num_seqs, max_new, stream); break;
-    case 96: launch_prefill<T, 96>(a, num_seqs, max_new, stream); break;
-    case 128: launch_prefill<T, 128>(a, num_seqs, max_new, stream); break;
-    case 256: launch_prefill<T, 256>(a, num_seqs, max_new, stream); break;
+    case 16: launch_prefill<T, PrefillCfg<16, 8, 1, true, 3, 1>>(a, num_seqs, max_new, stream); break;
+    case 32: launch_prefill<T, PrefillCfg<32, 8, 1, true, 3, 1>>(a, num_seqs, max_new, stream); break;
+    case 64: launch_prefill<T, PrefillCfg<64, 8, 1, true, 3, 1>>(a, num_seqs, max_new, stream); break;
+    case 96: launch_prefill<T, PrefillCfg<96, 8, 1, true, 3, 1, true>>(a, num_seqs, max_new, stream); break;
+    case 128: launch_prefill<T, PrefillCfg<128, 8, 1, false, 2, 2>>(a, num_seqs, max_new, stream); break;
+    case 256: launch_prefill<T, PrefillCfg<256, 4, 1, false, 2, 1>>(a, num_seqs, max_new, stream); break;
     default:
       KILN_CHECK(false, "paged_attention: head_dim " + std::to_string(d) +
                             " unsupported for f16/bf16 (16, 32, 64, 96, 128 or 256)");
@@ -735,20 +888,22 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
   const float scale_log2 = p.scale * kLog2e;
   constexpr bool kF32 = std::is_same_v<T, float>;
 
-  // Which tokens each kernel takes. f32: the decode kernel, all of them. f16/bf16 with the batch's split
-  // (prefill_seqs set): prefill kernel over the long sequences, decode kernel over the others' tokens;
-  // without it: all by the prefill kernel when some sequence adds more than kDecodeMaxNew tokens.
+  // Which tokens each kernel takes. f32 (or a scale that is not > 0, which the prefill kernel's softmax
+  // does not handle): the decode kernel, all of them. f16/bf16 with the batch's split (prefill_seqs set):
+  // prefill kernel over the long sequences, decode kernel over the others' tokens; without it: all by the
+  // prefill kernel when some sequence adds more than kDecodeMaxNew tokens.
+  const bool prefill_ok = !kF32 && p.scale > 0.0f;
   const int32_t* prefill_list = nullptr;
   int32_t prefill_count = 0, prefill_max_new = 0;
   const int32_t* decode_list = nullptr;
   int32_t decode_count = b.num_tokens;
-  if (!kF32 && b.prefill_seqs) {
+  if (prefill_ok && b.prefill_seqs) {
     prefill_list = b.prefill_seqs;
     prefill_count = b.num_prefill_seqs;
     prefill_max_new = b.max_prefill_new;
     decode_list = b.num_prefill_seqs > 0 ? b.decode_tokens : nullptr;
     decode_count = b.num_prefill_seqs > 0 ? b.num_decode_tokens : b.num_tokens;
-  } else if (!kF32 && b.max_num_new > kDecodeMaxNew) {
+  } else if (prefill_ok && b.max_num_new > kDecodeMaxNew) {
     prefill_count = b.num_seqs;
     prefill_max_new = b.max_num_new;
     decode_count = 0;

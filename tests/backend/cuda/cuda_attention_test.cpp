@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -554,17 +555,17 @@ TEST(CudaAttention, Timing) {
                     dtype_name(dt), S, ctx, H, KVH, D, bs, ms * 1e3, bytes / (ms * 1e-3) / 1e9);
       }
     }
-    {
-      constexpr int S = 1, T = 2048;
+    // Prefill: Llama-3-8B's shape (2048-token prompt) and Phi-3-mini's (D=96, no GQA, 1024 tokens).
+    for (auto [T, h, kvh, d] : std::vector<std::array<int, 4>>{{2048, H, KVH, D}, {1024, 32, 32, 96}}) {
       TimedBatch t;
-      build_timed(t, S, T, T, H, KVH, D, 16, dt);
+      build_timed(t, 1, T, T, h, kvh, d, 16, dt);
       if (HasFatalFailure()) return;
       float ms = 0;
       time_batch(t, dt, kReps, &ms);
       if (HasFatalFailure()) return;
-      const double flops = 4.0 * T * T / 2 * H * D;
+      const double flops = 4.0 * T * T / 2 * h * d;
       std::printf("[timing] %s prefill 1 seq x %d tokens, H=%d KVH=%d D=%d: %.1f us, %.1f TFLOP/s (causal)\n",
-                  dtype_name(dt), T, H, KVH, D, ms * 1e3, flops / (ms * 1e-3) / 1e12);
+                  dtype_name(dt), T, h, kvh, d, ms * 1e3, flops / (ms * 1e-3) / 1e12);
     }
   }
   {
