@@ -150,28 +150,6 @@ class Backend {
                                const AttentionParams& params, Tensor& out) = 0;
   // out = silu(gate) * up                           gate_up [T, 2 * I] (gate | up), out [T, I]
   virtual void silu_mul(const Tensor& gate_up, Tensor& out) = 0;
-  // residual += delta (rounded to the activation type)   [rows, dim]
-  virtual void add(Tensor& residual, const Tensor& delta) = 0;
-
-  // --- a transformer block's fusable pairs: the defaults run the two ops; a backend may fuse them (the GPU's
-  // decode-size GEMV does), with the same roundings. Scratch tensors may then stay unwritten.
-  // y = rmsnorm(x) W^T + bias                        x [T, hidden], h scratch [T, hidden], y [T, out]
-  virtual void rmsnorm_linear(const Tensor& x, const Tensor& norm_w, float eps, Tensor& h, const LinearWeight& w,
-                              const Tensor* bias, Tensor& y) {
-    rmsnorm(x, norm_w, eps, h);
-    linear(h, w, bias, y);
-  }
-  // residual += x W^T + bias (the product rounded first)   x [T, in], tmp scratch [T, out], residual [T, out]
-  virtual void linear_add(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& tmp, Tensor& residual) {
-    linear(x, w, bias, tmp);
-    add(residual, tmp);
-  }
-  // residual += (silu(gate) * up) W^T + bias         gate_up [T, 2 * I], act scratch [T, I], tmp as linear_add
-  virtual void silu_mul_linear_add(const Tensor& gate_up, Tensor& act, const LinearWeight& w, const Tensor* bias,
-                                   Tensor& tmp, Tensor& residual) {
-    silu_mul(gate_up, act);
-    linear_add(act, w, bias, tmp, residual);
-  }
   // out[i, :] = x[rows[i], :]                       rows [n] i32 (backend memory), out [n, ...]
   virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
   // ids[r] = the first index of the largest value of logits row r (NaN never wins but at index 0, as the

@@ -211,25 +211,28 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
 
   // Device side: only backend ops over the buffers above (a GPU may replay them as a graph).
   backend_.run_forward_ops([&] {
-    // x: the residual stream [T, hidden]; each block reads rmsnorm(x) and adds its two outputs back into x
-    // (as fusable pairs: a backend may run norm + linear and linear + residual add as single kernels).
-    backend_.embedding(embed_, ids, x);
+    backend_.embedding(embed_, ids, x);  // x: the residual stream [T, hidden]
     for (size_t l = 0; l < layers_.size(); ++l) {
       LayerWeights& w = layers_[l];
-      backend_.rmsnorm_linear(x, w.attn_norm, eps, h, w.qkv, bias(w.qkv_bias), qkv);
+      if (l == 0) backend_.rmsnorm(x, w.attn_norm, eps, h);
+      else backend_.add_rmsnorm(x, proj, w.attn_norm, eps, h);  // adds the previous layer's MLP output
+      backend_.linear(h, w.qkv, bias(w.qkv_bias), qkv);
       qkv_layout.q_norm = bias(w.q_norm);
       qkv_layout.k_norm = bias(w.k_norm);
       backend_.qkv_rope_kv_write(qkv, qkv_layout, cos_sin, batch.attention, kv.layers[l], q);
       attn_params.window = attention_window(l);
       backend_.paged_attention(q, kv.layers[l], batch.attention, attn_params, attn);
-      backend_.linear_add(attn, w.o, bias(w.o_bias), proj, x);
-      backend_.rmsnorm_linear(x, w.mlp_norm, eps, h, w.gate_up, bias(w.gate_up_bias), gate_up);
-      backend_.silu_mul_linear_add(gate_up, act, w.down, bias(w.down_bias), proj, x);
+      backend_.linear(attn, w.o, bias(w.o_bias), proj);
+      backend_.add_rmsnorm(x, proj, w.mlp_norm, eps, h);
+      backend_.linear(h, w.gate_up, bias(w.gate_up_bias), gate_up);
+      backend_.silu_mul(gate_up, act);
+      backend_.linear(act, w.down, bias(w.down_bias), proj);
     }
     // Only the rows whose logits are wanted go through the final norm and the LM head.
     Tensor last = h.rows(0, R);
     backend_.gather_rows(x, rows, last);
-    backend_.rmsnorm(last, final_norm_, eps, final_h);
+    backend_.gather_rows(proj, rows, final_h);
+    backend_.add_rmsnorm(last, final_h, final_norm_, eps, final_h);
     backend_.linear(final_h, lm_head_, nullptr, out_logits);
     if (argmax) backend_.argmax_rows(out_logits, out_argmax);
   });

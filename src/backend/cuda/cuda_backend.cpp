@@ -345,53 +345,6 @@ void CudaBackend::paged_attention(const Tensor& q, const KvLayer& kv, const Atte
   cuda::paged_attention(q.data, q.dtype, device_kv(kv), batch_, p, out.data, w, ws, stream_);
 }
 
-void CudaBackend::add(Tensor& residual, const Tensor& delta) {
-  cuda::add(residual.data, delta.data, residual.numel(), residual.dtype, stream_);
-}
-
-bool CudaBackend::fused_gemv(DType xt, DType yt, int64_t m, const void* x, const LinearWeight& w) const {
-  return gemv_enabled_ && !w.quant && cuda::gemv_supported(xt, w.dtype, yt, m, w.out_features, w.in_features, x,
-                                                           w.data.data);
-}
-
-void CudaBackend::run_gemv(cuda::GemvInput in, const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& y,
-                           bool add, const Tensor* norm_w, float eps) {
-  cuda::GemvArgs a;
-  a.x = x.data;
-  a.input = in;
-  a.norm_w = norm_w ? norm_w->as<float>() : nullptr;
-  a.eps = eps;
-  a.w = w.data.data;
-  a.n = static_cast<int>(w.out_features);
-  a.k = static_cast<int>(w.in_features);
-  a.m = static_cast<int>(y.numel() / w.out_features);
-  a.bias = bias ? bias->as<float>() : nullptr;
-  a.y = y.data;
-  a.add = add;
-  cuda::gemv(a, x.dtype, y.dtype, stream_);
-}
-
-void CudaBackend::rmsnorm_linear(const Tensor& x, const Tensor& norm_w, float eps, Tensor& h, const LinearWeight& w,
-                                 const Tensor* bias, Tensor& y) {
-  if (fused_gemv(x.dtype, y.dtype, x.numel() / w.in_features, x.data, w) && y.dtype == x.dtype)
-    return run_gemv(cuda::GemvInput::kRmsNorm, x, w, bias, y, false, &norm_w, eps);
-  Backend::rmsnorm_linear(x, norm_w, eps, h, w, bias, y);
-}
-
-void CudaBackend::linear_add(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& tmp, Tensor& residual) {
-  if (fused_gemv(x.dtype, residual.dtype, x.numel() / w.in_features, x.data, w) && residual.dtype == x.dtype)
-    return run_gemv(cuda::GemvInput::kPlain, x, w, bias, residual, true);
-  Backend::linear_add(x, w, bias, tmp, residual);
-}
-
-void CudaBackend::silu_mul_linear_add(const Tensor& gate_up, Tensor& act, const LinearWeight& w, const Tensor* bias,
-                                      Tensor& tmp, Tensor& residual) {
-  if (fused_gemv(gate_up.dtype, residual.dtype, gate_up.numel() / (2 * w.in_features), gate_up.data, w) &&
-      residual.dtype == gate_up.dtype)
-    return run_gemv(cuda::GemvInput::kSiluMul, gate_up, w, bias, residual, true);
-  Backend::silu_mul_linear_add(gate_up, act, w, bias, tmp, residual);
-}
-
 void CudaBackend::silu_mul(const Tensor& gate_up, Tensor& out) {
   const int64_t inter = out.dim(-1);
   cuda::silu_mul(gate_up.data, out.data, out.numel() / inter, inter, out.dtype, stream_);

@@ -19,7 +19,6 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/cublaslt_gemm.h"
-#include "backend/cuda/gemv.h"
 #include "backend/cuda/kernels.h"
 
 namespace kiln {
@@ -55,13 +54,6 @@ class CudaBackend final : public Backend {
   void paged_attention(const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
                        const AttentionParams& params, Tensor& out) override;
   void silu_mul(const Tensor& gate_up, Tensor& out) override;
-  void add(Tensor& residual, const Tensor& delta) override;
-  // Decode sizes (m <= 4, 16-bit): one fused GEMV each (gemv.cu); otherwise the two ops.
-  void rmsnorm_linear(const Tensor& x, const Tensor& norm_w, float eps, Tensor& h, const LinearWeight& w,
-                      const Tensor* bias, Tensor& y) override;
-  void linear_add(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& tmp, Tensor& residual) override;
-  void silu_mul_linear_add(const Tensor& gate_up, Tensor& act, const LinearWeight& w, const Tensor* bias, Tensor& tmp,
-                           Tensor& residual) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
   void argmax_rows(const Tensor& logits, Tensor& ids) override;
   void synchronize() override;
@@ -72,10 +64,6 @@ class CudaBackend final : public Backend {
   CudaBackend(int device, cudaStream_t stream);
   cuda::DeviceKv device_kv(const KvLayer& kv) const;
   void drop_graphs();
-  // Whether a linear layer of w over m rows of x (type xt, into yt) runs as a (fused) GEMV.
-  bool fused_gemv(DType xt, DType yt, int64_t m, const void* x, const LinearWeight& w) const;
-  void run_gemv(cuda::GemvInput in, const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& y, bool add,
-                const Tensor* norm_w = nullptr, float eps = 0);
   void run_forward_ops_untimed(const std::function<void()>& ops);
   // Grows a device scratch buffer to at least `bytes` (waits for the stream first: it may be in use).
   void* scratch(DeviceBuffer& buf, size_t bytes);

@@ -12,28 +12,11 @@ namespace kiln::cuda {
 constexpr int64_t kGemvMaxRows = 4;
 
 // Whether gemv() takes this linear layer: x and W of one 16-bit type, y that type or f32, m <= kGemvMaxRows,
-// k % 8 == 0 and k <= 16384, x and W 16-byte aligned.
+// k % 8 == 0, x and W 16-byte aligned.
 bool gemv_supported(DType xt, DType wt, DType yt, int64_t m, int64_t n, int64_t k, const void* x, const void* w);
-
-// What the GEMV multiplies: x itself, rmsnorm(x) * norm_w, or silu(gate) * up of x = gate_up [m, 2k].
-enum class GemvInput { kPlain, kRmsNorm, kSiluMul };
-
-struct GemvArgs {
-  const void* x = nullptr;      // [m, k] (kSiluMul: [m, 2k])
-  GemvInput input = GemvInput::kPlain;
-  const float* norm_w = nullptr;  // kRmsNorm: [k]
-  float eps = 0;
-  const void* w = nullptr;      // [n, k]
-  int m = 0, n = 0, k = 0;
-  const float* bias = nullptr;  // [n] or null
-  void* y = nullptr;            // [m, n]
-  bool add = false;             // y += product (rounded first) instead of y = product
-};
 
 // y [m, n] = x [m, k] · Wᵀ + bias (bias [n] f32 or null), W [n, k] of x's type.
 void gemv(const void* x, DType xt, int64_t m, const void* w, int64_t n, int64_t k, const float* bias, void* y, DType yt,
           cudaStream_t stream);
-// The general form; y's type must be x's for the fused inputs and for `add`.
-void gemv(const GemvArgs& args, DType xt, DType yt, cudaStream_t stream);
 
 }  // namespace kiln::cuda

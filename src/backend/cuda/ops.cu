@@ -444,26 +444,7 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab, i
   }
 }
 
-// ---------------------------------------------------------------- add
-
-template <typename T>
-__global__ void add_kernel(T* __restrict__ r, const T* __restrict__ d, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    r[i] = from_f32<T>(to_f32(r[i]) + to_f32(d[i]));
-}
-
 // ---------------------------------------------------------------- launchers
-
-void add(void* residual, const void* delta, int64_t n, DType act, cudaStream_t stream) {
-  if (n == 0) return;
-  dispatch_float(act, "add", [&](auto t) {
-    using T = decltype(t);
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 8192));
-    add_kernel<T><<<blocks, 256, 0, stream>>>(static_cast<T*>(residual), static_cast<const T*>(delta), n);
-    check_launch("add");
-  });
-}
 
 void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* ids, cudaStream_t stream) {
   if (rows == 0) return;
