@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "backend/cpu/vec.h"
+#include "backend/attention_cases.h"
 #include "core/cpu_features.h"
 #include "core/dtype.h"
 #include "core/tensor.h"
@@ -36,25 +37,9 @@ std::vector<const char*> isas() {
   return out;
 }
 
-struct SeqSpec {
-  int32_t num_new;
-  int32_t context_len;
-};
-
-struct Case {
-  DType dtype;
-  int head_dim;
-  int num_heads;
-  int num_kv_heads;
-  int32_t window;
-  int block_size;
-};
-
-std::string describe(const Case& c) {
-  return std::string(dtype_name(c.dtype)) + " d=" + std::to_string(c.head_dim) + " H=" + std::to_string(c.num_heads) +
-         " KVH=" + std::to_string(c.num_kv_heads) + " window=" + std::to_string(c.window) +
-         " block=" + std::to_string(c.block_size);
-}
+using test::describe;
+using test::SeqSpec;
+using Case = test::AttentionCase;
 
 // Random KV pool, sequences with scattered block tables, random q; checks every ISA's fast kernel
 // against the reference on `pools`.

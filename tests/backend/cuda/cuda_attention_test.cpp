@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/attention_cases.h"
 #include "backend/cpu/attention.h"
 #include "backend/cuda/kernels.h"
 #include "core/dtype.h"
@@ -80,25 +81,9 @@ ThreadPool& ref_pool() {
   return pool;
 }
 
-struct SeqSpec {
-  int32_t num_new;
-  int32_t context_len;
-};
-
-struct Case {
-  DType dtype;
-  int head_dim;
-  int num_heads;
-  int num_kv_heads;
-  int32_t window;
-  int block_size;
-};
-
-std::string describe(const Case& c) {
-  return std::string(dtype_name(c.dtype)) + " d=" + std::to_string(c.head_dim) + " H=" + std::to_string(c.num_heads) +
-         " KVH=" + std::to_string(c.num_kv_heads) + " window=" + std::to_string(c.window) +
-         " block=" + std::to_string(c.block_size);
-}
+using test::describe;
+using test::SeqSpec;
+using Case = test::AttentionCase;
 
 std::string describe(const std::vector<SeqSpec>& specs) {
   std::string s = "seqs (new/context):";
