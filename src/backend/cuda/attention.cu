@@ -33,6 +33,7 @@
 #include <string>
 #include <type_traits>
 
+#include "backend/cuda/float_types.cuh"
 #include "backend/cuda/kernels.h"
 #include "core/status.h"
 
@@ -65,18 +66,6 @@ constexpr int pow2_ceil(int x) {
   return p;
 }
 
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float x);
-template <>
-__device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 // W consecutive elements moved together (16 bytes: one 128-bit access; W = 1: scalar).
 template <typename T, int W>
