@@ -6,9 +6,12 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "backend/backend_factory.h"
+#include "backend/cpu/cpu_backend.h"
 #include "io/engine_file.h"
 #include "model/checkpoint.h"
 #include "model/engine.h"
+#include "model/llama_model.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -45,6 +48,30 @@ TEST_F(EngineTest, BuildsLoadsAndPlans) {
   EXPECT_EQ(e->build.max_seq_len, 256);
   EXPECT_EQ(e->build.max_num_tokens, 4 * 128);
   EXPECT_NE(e->file->find("lm_head.weight"), nullptr) << "tied LM head is packed from the embedding";
+}
+
+TEST_F(EngineTest, ACudaEngineKeepsRowMajorWeightsAndRunsOnlyOnItsBackend) {
+  BuildConfig b = limits();
+  b.backend = "cuda";
+  ASSERT_TRUE(build(b).ok());
+  auto e = load_engine(engine());
+  ASSERT_TRUE(e.ok()) << e.status().to_string();
+  EXPECT_EQ(e->build.backend, "cuda");
+  const EngineTensor* t = e->file->find("layers.0.attn.qkv.weight");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->layout, "plain");  // [out, in] as cuBLASLt reads it, not the CPU's panels
+  EXPECT_EQ(t->nbytes, static_cast<size_t>(t->shape.numel()) * 4);
+  CpuBackend cpu;
+  auto m = LlamaModel::load(*e, cpu);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(m.status().message().find("kiln build --backend cpu"), std::string::npos) << m.status().to_string();
+  // Without a GPU (CI), asking for the CUDA backend fails with what is missing; unknown names are refused.
+  auto cuda = make_backend("cuda");
+  if (!cuda.ok()) EXPECT_NE(cuda.status().message().find("cuda"), std::string::npos) << cuda.status().to_string();
+  EXPECT_EQ(make_backend("tpu").status().code(), StatusCode::kInvalidArgument);
+  b.backend = "tpu";
+  EXPECT_EQ(build(b).code(), StatusCode::kInvalidArgument);
 }
 
 TEST_F(EngineTest, RefusesLimitsBeyondTheModel) {
