@@ -118,10 +118,14 @@ class Backend {
   // Makes a backend tensor of host data that stays valid for the backend's life (weights):
   // the CPU may use `host` in place (e.g. an mmap'd engine file); a GPU copies it.
   virtual Result<Tensor> adopt_weight(const Tensor& host, std::shared_ptr<void> keep_alive) = 0;
-  virtual Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) = 0;
+  // K and V pools of every layer, allocated and zeroed (backend.cpp: allocate + zero).
+  virtual Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec);
   // Copies whole KV blocks (every layer, K and V): (src, dst) pairs, e.g. a beam's private copy of a
   // block it shared with its parent beam.
-  virtual void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) = 0;
+  void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst);
+  // Sets `bytes` bytes at `dst` (backend memory) to zero / copies them from `src` (backend memory); queued.
+  virtual void zero_bytes(void* dst, size_t bytes) = 0;
+  virtual void copy_bytes(void* dst, const void* src, size_t bytes) = 0;
 
   // Called once per forward, before its ops, with the batch layout they will all get (a GPU uploads the
   // block tables and positions here once instead of per layer), the number of logit rows it computes and

@@ -14,10 +14,6 @@
 
 namespace kiln {
 
-size_t KvCacheSpec::bytes_per_block() const {
-  return 2ull * num_layers * num_kv_heads * block_size * head_dim * dtype_size(dtype);
-}
-
 uint64_t CpuBackend::free_memory() const { return available_host_memory(); }
 
 Result<DeviceBuffer> CpuBackend::allocate(size_t bytes) {
@@ -41,33 +37,11 @@ Result<Tensor> CpuBackend::adopt_weight(const Tensor& host, std::shared_ptr<void
   return host;
 }
 
-Result<std::unique_ptr<KvStorage>> CpuBackend::create_kv_storage(const KvCacheSpec& spec) {
-  auto kv = std::make_unique<KvStorage>();
-  kv->spec = spec;
-  Shape shape{spec.num_blocks, spec.num_kv_heads, spec.block_size, spec.head_dim};
-  for (int l = 0; l < spec.num_layers; ++l) {
-    KvLayer layer;
-    for (Tensor* t : {&layer.k, &layer.v}) {
-      size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(spec.dtype);
-      KILN_ASSIGN_OR_RETURN(DeviceBuffer buf, allocate(bytes));
-      std::memset(buf.mem.get(), 0, bytes);
-      *t = buf.view(spec.dtype, shape);
-      kv->buffers.push_back(std::move(buf));
-    }
-    kv->layers.push_back(layer);
-  }
-  return kv;
+void CpuBackend::zero_bytes(void* dst, size_t bytes) {
+  if (bytes) std::memset(dst, 0, bytes);
 }
-
-void CpuBackend::copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) {
-  const KvCacheSpec& s = kv.spec;
-  const size_t block_bytes = static_cast<size_t>(s.num_kv_heads) * s.block_size * s.head_dim * dtype_size(s.dtype);
-  for (KvLayer& layer : kv.layers)
-    for (Tensor* t : {&layer.k, &layer.v})
-      for (auto [src, dst] : src_dst) {
-        KILN_CHECK(src >= 0 && dst >= 0 && src < s.num_blocks && dst < s.num_blocks, "KV block copy out of range");
-        std::memcpy(t->as<char>() + dst * block_bytes, t->as<char>() + src * block_bytes, block_bytes);
-      }
+void CpuBackend::copy_bytes(void* dst, const void* src, size_t bytes) {
+  if (bytes) std::memcpy(dst, src, bytes);
 }
 
 void CpuBackend::embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) {

@@ -16,8 +16,8 @@ class CpuBackend final : public Backend {
   void upload(const void* host, const Tensor& dst) override;
   void download(const Tensor& src, void* host) override;
   Result<Tensor> adopt_weight(const Tensor& host, std::shared_ptr<void> keep_alive) override;
-  Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) override;
-  void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) override;
+  void zero_bytes(void* dst, size_t bytes) override;
+  void copy_bytes(void* dst, const void* src, size_t bytes) override;
 
   void embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) override;
   void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;

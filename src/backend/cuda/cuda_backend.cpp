@@ -111,34 +111,14 @@ Result<Tensor> CudaBackend::adopt_weight(const Tensor& host, std::shared_ptr<voi
 Result<std::unique_ptr<KvStorage>> CudaBackend::create_kv_storage(const KvCacheSpec& spec) {
   if (spec.dtype != DType::kF32 && spec.dtype != DType::kF16 && spec.dtype != DType::kBF16)
     return invalid_argument(std::string("cuda backend: KV cache dtype ") + dtype_name(spec.dtype) + " is not supported");
-  auto kv = std::make_unique<KvStorage>();
-  kv->spec = spec;
-  Shape shape{spec.num_blocks, spec.num_kv_heads, spec.block_size, spec.head_dim};
-  const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(spec.dtype);
-  for (int l = 0; l < spec.num_layers; ++l) {
-    KvLayer layer;
-    for (Tensor* t : {&layer.k, &layer.v}) {
-      KILN_ASSIGN_OR_RETURN(DeviceBuffer buf, allocate(bytes));
-      KILN_CUDA_CHECK(cudaMemsetAsync(buf.mem.get(), 0, bytes, stream_));
-      *t = buf.view(spec.dtype, shape);
-      kv->buffers.push_back(std::move(buf));
-    }
-    kv->layers.push_back(layer);
-  }
-  KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  return kv;
+  return Backend::create_kv_storage(spec);
 }
 
-void CudaBackend::copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) {
-  const KvCacheSpec& s = kv.spec;
-  const size_t block_bytes = static_cast<size_t>(s.num_kv_heads) * s.block_size * s.head_dim * dtype_size(s.dtype);
-  for (KvLayer& layer : kv.layers)
-    for (Tensor* t : {&layer.k, &layer.v})
-      for (auto [src, dst] : src_dst) {
-        KILN_CHECK(src >= 0 && dst >= 0 && src < s.num_blocks && dst < s.num_blocks, "KV block copy out of range");
-        KILN_CUDA_CHECK(cudaMemcpyAsync(t->as<char>() + dst * block_bytes, t->as<char>() + src * block_bytes,
-                                        block_bytes, cudaMemcpyDeviceToDevice, stream_));
-      }
+void CudaBackend::zero_bytes(void* dst, size_t bytes) {
+  if (bytes) KILN_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_));
+}
+void CudaBackend::copy_bytes(void* dst, const void* src, size_t bytes) {
+  if (bytes) KILN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
 }
 
 void* CudaBackend::scratch(DeviceBuffer& buf, size_t bytes) {

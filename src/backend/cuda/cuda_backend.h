@@ -41,7 +41,8 @@ class CudaBackend final : public Backend {
   void download(const Tensor& src, void* host) override;
   Result<Tensor> adopt_weight(const Tensor& host, std::shared_ptr<void> keep_alive) override;
   Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) override;
-  void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst) override;
+  void zero_bytes(void* dst, size_t bytes) override;
+  void copy_bytes(void* dst, const void* src, size_t bytes) override;
   Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, bool argmax) override;
   void run_forward_ops(const std::function<void()>& ops) override;
 
