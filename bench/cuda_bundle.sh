@@ -4,12 +4,15 @@
 # Then, with the device tool: run(command="bash bench/cuda_device.sh", carry=["dist"]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_SERVER=OFF -DKILN_CUDA=ON -DKILN_BUILD_BENCH=ON >/dev/null
-cmake --build build-cuda -j"$(nproc)" --target kiln kiln_tests cuda_linear_bench
-rm -rf dist && mkdir -p dist/lib
-cp build-cuda/kiln build-cuda/kiln_tests build-cuda/cuda_linear_bench dist/
+# BUILD_DIR / DIST name other folders (several builds side by side; both must be git-ignored: build*/ dist*/).
+B=${BUILD_DIR:-build-cuda}
+D=${DIST:-dist}
+cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_SERVER=OFF -DKILN_CUDA=ON -DKILN_BUILD_BENCH=ON >/dev/null
+cmake --build "$B" -j"$(nproc)" --target kiln kiln_tests cuda_linear_bench
+rm -rf "$D" && mkdir -p "$D/lib"
+cp "$B/kiln" "$B/kiln_tests" "$B/cuda_linear_bench" "$D/"
 for lib in libxxhash.so.0 libpcre2-8.so.0 libutf8proc.so.2; do
-  cp -L "$(ldd build-cuda/kiln_tests | awk -v l="$lib" '$1 == l {print $3}')" dist/lib/
+  cp -L "$(ldd "$B/kiln_tests" | awk -v l="$lib" '$1 == l {print $3}')" "$D/lib/"
 done
-strip dist/kiln dist/kiln_tests dist/cuda_linear_bench
-du -sh dist
+strip "$D/kiln" "$D/kiln_tests" "$D/cuda_linear_bench"
+du -sh "$D"

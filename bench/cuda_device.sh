@@ -1,32 +1,35 @@
 #!/usr/bin/env bash
 # On the GPU device machine, from the repo root with dist/ carried (bench/cuda_bundle.sh made it):
-#   bash bench/cuda_device.sh [tests|phi3|llama|all]
+#   bash bench/cuda_device.sh [tests|linear|phi3|llama|profile|hf|all] ...   (several run in turn)
 # tests: the CUDA backend's tests (op parity with the CPU backend, every fixture's Hugging Face goldens on
 #        the GPU); phi3: Phi-3-mini shape fp16 (random weights) batch-1 decode and 1024-token TTFT;
 # llama: Llama-3-8B shape fp16 offline throughput at TensorRT-LLM's published lengths;
-# linear: cuBLASLt vs gemv.cu on the linear layers of both shapes; hf: transformers on the same shapes.
+# linear: cuBLASLt vs gemv.cu on the linear layers of both shapes; hf: transformers on the same shapes;
+# profile: per-kernel GPU times (ncu) of a Phi-3-mini 1024-token prefill and its decode steps.
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export LD_LIBRARY_PATH=$PWD/dist/lib:${LD_LIBRARY_PATH:-}
+D=${DIST:-dist}   # the bundle's folder (carried)
+export LD_LIBRARY_PATH=$PWD/$D/lib:${LD_LIBRARY_PATH:-}
 export KILN_TEST_DATA_DIR=$PWD/tests/data
 OUT=${OUT:-/tmp/kiln-out}
 mkdir -p "$OUT"
 WORK=${KILN_DEVICE_WORK:-/tmp/kiln-device}
 mkdir -p "$WORK"
 what=${1:-all}
-K=dist/kiln
+if [[ $# -gt 1 ]]; then for w in "$@"; do bash "$0" "$w"; done; exit 0; fi
+K=$D/kiln
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
 
 if [[ $what == tests || $what == all ]]; then
-  dist/kiln_tests --gtest_filter='Cuda*:*/Cuda*' >"$OUT/tests.log" 2>&1
+  $D/kiln_tests --gtest_filter='Cuda*:*/Cuda*' >"$OUT/tests.log" 2>&1
   echo "tests exit $?"
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|^\[ *OK|Failure|error|kernel time|GB/s|TFLOP" "$OUT/tests.log" | tail -60
 fi
 
 if [[ $what == linear || $what == all ]]; then
-  for m in phi3 llama3; do dist/cuda_linear_bench $m | tee "$OUT/linear_$m.txt"; done
+  for m in phi3 llama3; do $D/cuda_linear_bench $m | tee "$OUT/linear_$m.txt"; done
 fi
 
 # Random-weight engine of a shape (fp16), built for the GPU.
@@ -81,6 +84,18 @@ if [[ $what == llama || $what == all ]]; then
     grep "timing" "$OUT/llama3_$1_$2.err"
     python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print(sys.argv[2], 'requests', j['num_requests'], 'concurrency', j['concurrency'], 'out tok/s %.0f' % j['output_tokens_per_s'], 'ttft p50 %.1f ms' % j['ttft_ms']['p50'], 'itl p50 %.2f ms' % j['itl_ms']['p50'])" "$OUT/llama3_$1_$2.json" "llama3 $1/$2" || tail -3 "$OUT/llama3_$1_$2.err"
   done
+fi
+
+# Per-kernel GPU times of a 1024-token prefill and 3 decode steps of Phi-3-mini (ncu, graphs off; ncu runs
+# kernels one at a time, so the sums have no overlap or launch gaps).
+if [[ $what == profile ]]; then
+  engine phi3 bench/shapes/phi-3-mini-128k-instruct.shape.json 64 2048 4096 || echo "phi3 engine failed"
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  KILN_CUDA_GRAPHS=0 "$NCU" --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
+    --log-file "$OUT/ncu_phi3.csv" $K bench --engine_dir "$WORK/phi3-engine" --input_len 1024 --output_len 4 \
+    --num_requests 1 --concurrency 1 --warmup 0 >/dev/null 2>"$OUT/ncu_phi3.err" || tail -5 "$OUT/ncu_phi3.err"
+  python3 bench/ncu_summary.py "$OUT/ncu_phi3.csv" | tee "$OUT/ncu_phi3_summary.txt"
+  gzip -f "$OUT/ncu_phi3.csv"
 fi
 
 if [[ $what == hf || $what == all ]]; then

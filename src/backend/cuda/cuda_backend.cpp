@@ -1,6 +1,8 @@
 #include "backend/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -8,9 +10,24 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/gemv.h"
+#include "backend/cuda/pdl.cuh"
 #include "core/checked_math.h"
 
 namespace kiln {
+
+namespace cuda {
+bool pdl_enabled() {
+  static const bool enabled = [] {
+    const char* e = std::getenv("KILN_CUDA_PDL");  // "0": ordinary launches, to compare
+    if (e && std::string(e) == "0") return false;
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+    return major >= 9;
+  }();
+  return enabled;
+}
+}  // namespace cuda
 
 namespace {
 std::string gib(uint64_t bytes) {
@@ -54,10 +71,8 @@ CudaBackend::~CudaBackend() {
   cudaStreamSynchronize(stream_);
   if (timing_) {
     collect_timing();
-    for (const auto& [name, t] : {std::pair{"graphed decode steps", graphed_times_}, std::pair{"other forwards", other_times_}})
-      if (t.count)
-        std::fprintf(stderr, "kiln cuda timing: %s: %ld, GPU time %.3f ms each\n", name, static_cast<long>(t.count),
-                     t.gpu_ms / t.count);
+    graphed_times_.print("graphed decode steps");
+    other_times_.print("other forwards");
     cudaEventDestroy(ev_begin_);
     cudaEventDestroy(ev_end_);
   }
@@ -224,9 +239,22 @@ void CudaBackend::collect_timing() {
   float ms = 0;
   KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_begin_, ev_end_));
   ForwardTimes& t = ev_graphed_ ? graphed_times_ : other_times_;
-  ++t.count;
-  t.gpu_ms += ms;
+  t.gpu_ms.push_back(ms);
+  t.host_ms.push_back(ev_host_ms_);
   ev_pending_ = false;
+}
+
+void CudaBackend::ForwardTimes::print(const char* name) const {
+  if (gpu_ms.empty()) return;
+  const auto stats = [](std::vector<float> v) {  // median, min, max
+    std::sort(v.begin(), v.end());
+    return std::array<float, 3>{v[v.size() / 2], v.front(), v.back()};
+  };
+  const auto g = stats(gpu_ms), h = stats(host_ms);
+  std::fprintf(stderr,
+               "kiln cuda timing: %s: %zu, GPU time median %.3f ms (min %.3f, max %.3f), host enqueue median %.3f ms "
+               "(min %.3f, max %.3f)\n",
+               name, gpu_ms.size(), g[0], g[1], g[2], h[0], h[1], h[2]);
 }
 
 void CudaBackend::run_forward_ops(const std::function<void()>& ops) {
@@ -235,8 +263,10 @@ void CudaBackend::run_forward_ops(const std::function<void()>& ops) {
     KILN_CUDA_CHECK(cudaEventRecord(ev_begin_, stream_));
     ev_graphed_ = graph_key_ != 0;
   }
+  const auto host_begin = std::chrono::steady_clock::now();
   run_forward_ops_untimed(ops);
   if (timing_) {
+    ev_host_ms_ = std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - host_begin).count();
     KILN_CUDA_CHECK(cudaEventRecord(ev_end_, stream_));
     ev_pending_ = true;
   }

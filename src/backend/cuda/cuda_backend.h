@@ -92,12 +92,14 @@ class CudaBackend final : public Backend {
   // (graphed decode steps, other forwards) and printed when the backend goes, next to the wall time between
   // forwards: the gap is host time the GPU waited for.
   struct ForwardTimes {
-    int64_t count = 0;
-    double gpu_ms = 0;
+    std::vector<float> gpu_ms;    // event to event on the stream, per forward
+    std::vector<float> host_ms;   // the host's time to enqueue (or replay) the forward's ops
+    void print(const char* name) const;
   };
   bool timing_ = false;
   cudaEvent_t ev_begin_ = nullptr, ev_end_ = nullptr;
   bool ev_pending_ = false, ev_graphed_ = false;
+  float ev_host_ms_ = 0;
   ForwardTimes graphed_times_, other_times_;
   void collect_timing();
 };
