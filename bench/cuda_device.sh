@@ -38,7 +38,9 @@ engine() {  # name shape.json max_batch max_input max_seq
   if [[ ! -f $WORK/$name-engine/config.json ]]; then
     $K convert --random_weights --config "$shape" --dtype float16 --output_dir "$WORK/$name-ckpt" >/dev/null || return 1
     $K build --checkpoint_dir "$WORK/$name-ckpt" --output_dir "$WORK/$name-engine" --backend cuda \
-      --max_batch_size "$3" --max_input_len "$4" --max_seq_len "$5" --max_num_tokens 8192 >/dev/null || return 1
+      --max_batch_size "$3" --max_input_len "$4" --max_seq_len "$5" --max_num_tokens 8192 >"$OUT/build_$name.log" 2>&1 \
+      || { tail -5 "$OUT/build_$name.log"; return 1; }
+    grep "kiln tune" "$OUT/build_$name.log" | tail -1
     rm -rf "$WORK/$name-ckpt"
   fi
 }
@@ -52,13 +54,15 @@ if [[ $what == phi3 || $what == all ]]; then
   grep "timing" "$OUT/phi3_decode_b1.err"
   KILN_CUDA_GRAPHS=0 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 \
     --concurrency 1 --warmup 1 --json >"$OUT/phi3_decode_b1_nographs.json" 2>"$OUT/phi3_decode_b1_nographs.err"
+  KILN_CUDA_PDL=0 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 \
+    --concurrency 1 --warmup 1 --json >"$OUT/phi3_decode_b1_nopdl.json" 2>"$OUT/phi3_decode_b1_nopdl.err"
   KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/phi3-engine" --input_len 1024 --output_len 1 --num_requests 6 --concurrency 1 \
     --warmup 1 --json >"$OUT/phi3_ttft_1024.json" 2>"$OUT/phi3_ttft_1024.err"; tail -3 "$OUT/phi3_ttft_1024.err"
   python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 with open(os.path.join(out, "phi3.jsonl"), "w") as all_:
-    for f in ("phi3_decode_b1.json", "phi3_decode_b1_nographs.json", "phi3_ttft_1024.json"):
+    for f in ("phi3_decode_b1.json", "phi3_decode_b1_nographs.json", "phi3_decode_b1_nopdl.json", "phi3_ttft_1024.json"):
         try:
             j = json.loads(open(os.path.join(out, f)).read().strip().splitlines()[-1])
         except Exception as e:

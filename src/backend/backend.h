@@ -154,6 +154,31 @@ class Backend {
                                const AttentionParams& params, Tensor& out) = 0;
   // out = silu(gate) * up                           gate_up [T, 2 * I] (gate | up), out [T, I]
   virtual void silu_mul(const Tensor& gate_up, Tensor& out) = 0;
+  // residual += delta (the sum rounded to the activation type)   [rows, dim]
+  virtual void add(Tensor& residual, const Tensor& delta) = 0;
+
+  // --- A transformer block as fused pairs. When fuses_block_linears(T) says so, the model runs its blocks of a
+  // T-token forward through these three instead of norm / linear / add ops (a GPU at decode sizes makes each one
+  // kernel: the norm or SiLU as the GEMV's prologue, the residual add as its epilogue, with the unfused ops'
+  // roundings). The defaults run the separate ops; scratch tensors (h, act, tmp) may stay unwritten when fused.
+  virtual bool fuses_block_linears(int64_t num_tokens) const { return false; }
+  // y = rmsnorm(x) W^T + bias                        x [T, hidden], h scratch [T, hidden], y [T, out]
+  virtual void rmsnorm_linear(const Tensor& x, const Tensor& norm_w, float eps, Tensor& h, const LinearWeight& w,
+                              const Tensor* bias, Tensor& y) {
+    rmsnorm(x, norm_w, eps, h);
+    linear(h, w, bias, y);
+  }
+  // residual += x W^T + bias (the product rounded first)   x [T, in], tmp scratch [T, out], residual [T, out]
+  virtual void linear_add(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& tmp, Tensor& residual) {
+    linear(x, w, bias, tmp);
+    add(residual, tmp);
+  }
+  // residual += (silu(gate) * up) W^T + bias         gate_up [T, 2 * I], act scratch [T, I], tmp as linear_add
+  virtual void silu_mul_linear_add(const Tensor& gate_up, Tensor& act, const LinearWeight& w, const Tensor* bias,
+                                   Tensor& tmp, Tensor& residual) {
+    silu_mul(gate_up, act);
+    linear_add(act, w, bias, tmp, residual);
+  }
   // out[i, :] = x[rows[i], :]                       rows [n] i32 (backend memory), out [n, ...]
   virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) = 0;
   // ids[r] = the first index of the largest value of logits row r (NaN never wins but at index 0, as the
@@ -161,6 +186,21 @@ class Backend {
   virtual void argmax_rows(const Tensor& logits, Tensor& ids) = 0;
   // Waits for all queued work (no-op on the CPU).
   virtual void synchronize() = 0;
+
+  // --- Tuning at `kiln build`: the backend times its choices for the engine's linear layers at the token
+  // counts a forward can have (1..max_tokens; the LM head 1..max_logit_rows) and returns them as a record
+  // the engine keeps (empty: nothing to tune, as on the CPU); at load, use_tuning(record) makes it use them
+  // (a record from another device or library version is ignored with a note on stderr).
+  struct LinearShape {
+    int64_t n = 0, k = 0;  // y [m, n] = x [m, k] W^T
+    bool bias = false;
+    bool lm_head = false;  // f32 output, m up to max_logit_rows
+  };
+  virtual Result<std::string> tune_linears(const std::vector<LinearShape>& shapes, DType weights, int64_t max_tokens,
+                                           int64_t max_logit_rows) {
+    return std::string();
+  }
+  virtual Status use_tuning(const std::string& record) { return {}; }
 };
 
 }  // namespace kiln

@@ -1,10 +1,41 @@
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 
+#include "backend/backend_factory.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "model/engine.h"
+#include "model/llama_model.h"
 
 namespace kiln::cli {
+
+namespace {
+
+// Times the backend's GEMM choices for the engine's shapes on this machine and keeps them in the engine
+// (cuda: cuBLASLt's candidates). Without a usable device it says so and leaves the choice to load time.
+Status tune_engine(const std::string& dir) {
+  KILN_ASSIGN_OR_RETURN(Engine engine, load_engine(dir));
+  Result<std::unique_ptr<Backend>> backend = make_backend(engine.build.backend);
+  if (!backend.ok()) {
+    std::printf("kiln build: GEMM tuning skipped (%s); algorithms will be chosen by heuristic at load — run "
+                "`kiln build` on the GPU machine to tune them\n", backend.status().message().c_str());
+    return {};
+  }
+  const BuildConfig& b = engine.build;
+  KILN_ASSIGN_OR_RETURN(std::string record,
+                        (*backend)->tune_linears(LlamaModel::linear_shapes(engine.model), b.dtype, b.max_num_tokens,
+                                                 std::min(b.max_num_tokens, b.max_batch_size * b.max_beam_width)));
+  if (record.empty()) return {};
+  const std::string path = (std::filesystem::path(dir) / kGemmTuningFile).string();
+  std::ofstream f(path, std::ios::binary);
+  f << record;
+  if (!f.flush()) return data_loss("cannot write " + path);
+  std::printf("kiln build: GEMM tuning written to %s\n", path.c_str());
+  return {};
+}
+
+}  // namespace
 
 int cmd_build(const std::vector<std::string>& argv) {
   const std::vector<FlagSpec> specs = {
@@ -21,6 +52,8 @@ int cmd_build(const std::vector<std::string>& argv) {
       {"tp_size", true, "tensor-parallel ranks (1)"},
       {"pp_size", true, "pipeline-parallel ranks (1)"},
       {"backend", true, "cpu (weights packed for the CPU kernels) or cuda (plain row-major for cuBLASLt) (cpu)"},
+      {"gemm_tuning", true, "cuda: time cuBLASLt's candidate GEMM algorithms for the engine's shapes on this "
+                            "machine's GPU and keep the fastest in the engine: on | off (on)"},
   };
   if (wants_help(argv)) {
     std::fputs(usage("build", "Validates limits, plans memory and packs weights into an engine dir.", specs).c_str(), stdout);
@@ -54,8 +87,12 @@ int cmd_build(const std::vector<std::string>& argv) {
     if (auto g = a.get("gemm_plugin")) b.gemm_plugin = *g;
     if (auto be = a.get("backend")) b.backend = *be;
     std::string plan;
+    const std::string tuning = a.get("gemm_tuning").value_or("on");
+    if (tuning != "on" && tuning != "off") return invalid_argument("--gemm_tuning must be on or off, not " + tuning);
     KILN_RETURN_IF_ERROR(build_engine(ckpt, out, b, &plan));
     std::printf("kiln build: memory plan\n%s", plan.c_str());
+    std::filesystem::remove(std::filesystem::path(out) / kGemmTuningFile);  // a rebuild's old record is stale
+    if (b.backend == "cuda" && tuning == "on") KILN_RETURN_IF_ERROR(tune_engine(out));
     std::printf("kiln build: wrote %s\n", out.c_str());
     return {};
   };

@@ -270,6 +270,13 @@ Result<Engine> load_engine(const std::string& dir) {
   const std::string rank0 = (fs::path(dir) / "rank0.engine").string();
   if (!fs::exists(rank0)) return not_found(dir + " has no rank0.engine" + rebuild);
   KILN_ASSIGN_OR_RETURN(engine.file, EngineFile::open(rank0));
+  if (const fs::path tuning = fs::path(dir) / kGemmTuningFile; fs::exists(tuning)) {
+    std::ifstream in(tuning, std::ios::binary);
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (!in && !in.eof()) return data_loss(tuning.string() + ": cannot be read");
+    engine.gemm_tuning = text.str();
+  }
   for (const WeightSpec& s : engine_specs(engine.model)) {
     const EngineTensor* t = engine.file->find(s.name);
     if (!t) return data_loss(rank0 + ": tensor '" + s.name + "' is missing" + rebuild);

@@ -72,7 +72,11 @@ struct Engine {
   ModelConfig model;
   BuildConfig build;
   std::shared_ptr<EngineFile> file;  // rank 0
+  std::string gemm_tuning;           // the backend's tuning record (kGemmTuningFile), empty when none
 };
+
+// The file in an engine dir that keeps the backend's GEMM tuning made by `kiln build` on the GPU.
+inline constexpr const char* kGemmTuningFile = "gemm_tuning.json";
 
 // Loads and checks an engine dir: versions, config, every tensor present with the expected shape,
 // dtype, layout and size. Errors say what is wrong and what to run.

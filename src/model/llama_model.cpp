@@ -53,11 +53,20 @@ Result<Tensor> optional_weight(const Engine& e, Backend& b, const std::string& n
 
 }  // namespace
 
+std::vector<Backend::LinearShape> LlamaModel::linear_shapes(const ModelConfig& c) {
+  return {{c.qkv_dim(), c.hidden_size, c.qkv_bias, false},
+          {c.hidden_size, c.q_dim(), c.o_bias, false},
+          {2 * c.intermediate_size, c.hidden_size, c.mlp_bias, false},
+          {c.hidden_size, c.intermediate_size, c.mlp_bias, false},
+          {c.vocab_size, c.hidden_size, false, true}};
+}
+
 Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const Engine& engine, Backend& backend) {
   if (engine.build.backend != backend.name())
     return failed_precondition("the engine was built for the " + engine.build.backend + " backend, not " +
                                backend.name() + "; rebuild it with `kiln build --backend " + backend.name() + "`");
   std::unique_ptr<LlamaModel> m(new LlamaModel(engine, backend));
+  KILN_RETURN_IF_ERROR(backend.use_tuning(engine.gemm_tuning));
   m->act_ = backend.activation_dtype(engine.build.dtype);
   const ModelConfig& c = m->config_;
   m->file_ = engine.file;
@@ -147,17 +156,14 @@ Status LlamaModel::reserve_workspace() {
 
 // cos | sin of every token's position, with the frequencies of its sequence at this step
 // (dynamic NTK and LongRoPE depend on the sequence length).
-void LlamaModel::fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cs) const {
-  const int rot = config_.rope.rotary_dim, half = rot / 2;
+void LlamaModel::fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cs) {
+  const int rot = config_.rope.rotary_dim;
   cs.resize(static_cast<size_t>(batch.token_ids.size()) * rot);
   for (size_t i = 0; i < batch.attention.seqs.size(); ++i) {
     const SequenceView& s = batch.attention.seqs[i];
     const int32_t len = i < batch.rope_seq_len.size() ? std::max(s.context_len, batch.rope_seq_len[i]) : s.context_len;
-    RopeFrequencies f = rope_frequencies(config_.rope, len);
-    for (int32_t i = 0; i < s.num_new; ++i) {
-      float* row = cs.data() + static_cast<size_t>(s.first_token + i) * rot;
-      rope_cos_sin(f, s.context_len - s.num_new + i, row, row + half);
-    }
+    const float* rows = cos_sin_cache_.rows(rope_frequencies(config_.rope, len), s.context_len - s.num_new, s.num_new);
+    std::copy(rows, rows + static_cast<size_t>(s.num_new) * rot, cs.data() + static_cast<size_t>(s.first_token) * rot);
   }
 }
 
@@ -211,28 +217,45 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
 
   // Device side: only backend ops over the buffers above (a GPU may replay them as a graph).
   backend_.run_forward_ops([&] {
-    backend_.embedding(embed_, ids, x);  // x: the residual stream [T, hidden]
+    // x: the residual stream [T, hidden]. Unfused, each block's output (proj) is added into x by the next
+    // norm (add_rmsnorm: one pass); fused (decode sizes on a GPU), the block's linears add into x themselves.
+    const bool fused = backend_.fuses_block_linears(T);
+    backend_.embedding(embed_, ids, x);
     for (size_t l = 0; l < layers_.size(); ++l) {
       LayerWeights& w = layers_[l];
-      if (l == 0) backend_.rmsnorm(x, w.attn_norm, eps, h);
-      else backend_.add_rmsnorm(x, proj, w.attn_norm, eps, h);  // adds the previous layer's MLP output
-      backend_.linear(h, w.qkv, bias(w.qkv_bias), qkv);
+      if (fused) {
+        backend_.rmsnorm_linear(x, w.attn_norm, eps, h, w.qkv, bias(w.qkv_bias), qkv);
+      } else {
+        if (l == 0) backend_.rmsnorm(x, w.attn_norm, eps, h);
+        else backend_.add_rmsnorm(x, proj, w.attn_norm, eps, h);  // adds the previous layer's MLP output
+        backend_.linear(h, w.qkv, bias(w.qkv_bias), qkv);
+      }
       qkv_layout.q_norm = bias(w.q_norm);
       qkv_layout.k_norm = bias(w.k_norm);
       backend_.qkv_rope_kv_write(qkv, qkv_layout, cos_sin, batch.attention, kv.layers[l], q);
       attn_params.window = attention_window(l);
       backend_.paged_attention(q, kv.layers[l], batch.attention, attn_params, attn);
-      backend_.linear(attn, w.o, bias(w.o_bias), proj);
-      backend_.add_rmsnorm(x, proj, w.mlp_norm, eps, h);
-      backend_.linear(h, w.gate_up, bias(w.gate_up_bias), gate_up);
-      backend_.silu_mul(gate_up, act);
-      backend_.linear(act, w.down, bias(w.down_bias), proj);
+      if (fused) {
+        backend_.linear_add(attn, w.o, bias(w.o_bias), proj, x);
+        backend_.rmsnorm_linear(x, w.mlp_norm, eps, h, w.gate_up, bias(w.gate_up_bias), gate_up);
+        backend_.silu_mul_linear_add(gate_up, act, w.down, bias(w.down_bias), proj, x);
+      } else {
+        backend_.linear(attn, w.o, bias(w.o_bias), proj);
+        backend_.add_rmsnorm(x, proj, w.mlp_norm, eps, h);
+        backend_.linear(h, w.gate_up, bias(w.gate_up_bias), gate_up);
+        backend_.silu_mul(gate_up, act);
+        backend_.linear(act, w.down, bias(w.down_bias), proj);
+      }
     }
     // Only the rows whose logits are wanted go through the final norm and the LM head.
     Tensor last = h.rows(0, R);
     backend_.gather_rows(x, rows, last);
-    backend_.gather_rows(proj, rows, final_h);
-    backend_.add_rmsnorm(last, final_h, final_norm_, eps, final_h);
+    if (fused) {
+      backend_.rmsnorm(last, final_norm_, eps, final_h);
+    } else {
+      backend_.gather_rows(proj, rows, final_h);
+      backend_.add_rmsnorm(last, final_h, final_norm_, eps, final_h);
+    }
     backend_.linear(final_h, lm_head_, nullptr, out_logits);
     if (argmax) backend_.argmax_rows(out_logits, out_argmax);
   });

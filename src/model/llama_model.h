@@ -40,6 +40,8 @@ struct ForwardBatch {
 class LlamaModel {
  public:
   static Result<std::unique_ptr<LlamaModel>> load(const Engine& engine, Backend& backend);
+  // The model's linear layers (qkv, o, gate_up, down, LM head), for tuning at build.
+  static std::vector<Backend::LinearShape> linear_shapes(const ModelConfig& config);
 
   const ModelConfig& config() const { return config_; }
   const BuildConfig& build() const { return build_; }
@@ -62,7 +64,7 @@ class LlamaModel {
  private:
   LlamaModel(const Engine& engine, Backend& backend) : config_(engine.model), build_(engine.build), backend_(backend) {}
   Status ensure_workspace(int64_t tokens, int64_t logit_rows);
-  void fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cos_sin) const;
+  void fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cos_sin);
 
   ModelConfig config_;
   BuildConfig build_;
@@ -74,6 +76,7 @@ class LlamaModel {
   std::vector<LayerWeights> layers_;
   Tensor final_norm_;                  // [hidden]
   LinearWeight lm_head_;               // [vocab, hidden]
+  RopeCosSinCache cos_sin_cache_;
 
   // Activation workspace, grown on demand; views are [T, ...] of the current batch.
   int64_t ws_tokens_ = 0, ws_logit_rows_ = 0;

@@ -1,5 +1,6 @@
 #include "model/rope.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <set>
@@ -631,6 +632,32 @@ RopeFrequencies rope_frequencies(const RopeConfig& cfg, int64_t seq_len) {
   }
   out.attention_scaling = f32(attention);
   return out;
+}
+
+const float* RopeCosSinCache::rows(const RopeFrequencies& f, int64_t first, int64_t count) {
+  auto it = std::find_if(tables_.begin(), tables_.end(), [&](const Table& t) {
+    return t.f.inv_freq == f.inv_freq && t.f.attention_scaling == f.attention_scaling;
+  });
+  if (it == tables_.end()) {
+    if (tables_.size() == kMaxTables) tables_.pop_back();
+    tables_.insert(tables_.begin(), Table{f, {}, 0});
+    it = tables_.begin();
+  } else if (it != tables_.begin()) {
+    std::rotate(tables_.begin(), it, it + 1);
+    it = tables_.begin();
+  }
+  Table& t = *it;
+  const int64_t rot = static_cast<int64_t>(f.inv_freq.size()) * 2, need = first + count;
+  if (need > t.positions) {
+    const int64_t grown = std::max<int64_t>(need, std::max<int64_t>(2 * t.positions, 256));
+    t.cos_sin.resize(static_cast<size_t>(grown * rot));
+    for (int64_t p = t.positions; p < grown; ++p) {
+      float* row = t.cos_sin.data() + p * rot;
+      rope_cos_sin(f, p, row, row + rot / 2);
+    }
+    t.positions = grown;
+  }
+  return t.cos_sin.data() + first * rot;
 }
 
 void rope_cos_sin(const RopeFrequencies& f, int64_t position, float* out_cos, float* out_sin) {

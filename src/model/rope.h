@@ -101,4 +101,23 @@ RopeFrequencies rope_frequencies(const RopeConfig& cfg, int64_t seq_len);
 // attention_scaling; the angle is rounded to float32 before cos/sin, as transformers does.
 void rope_cos_sin(const RopeFrequencies& f, int64_t position, float* out_cos, float* out_sin);
 
+// rope_cos_sin rows of consecutive positions for the last few frequency sets seen, computed once and grown
+// on demand, so that a forward copies rows instead of calling cos/sin (a 1024-token prompt is ~100K calls,
+// milliseconds of host time before the GPU can start). Rows are [cos | sin], rotary_dim floats each.
+// Not thread-safe (one model's forwards are serial).
+class RopeCosSinCache {
+ public:
+  // Rows of positions [first, first + count) of frequencies `f`; valid until the next call.
+  const float* rows(const RopeFrequencies& f, int64_t first, int64_t count);
+
+ private:
+  struct Table {
+    RopeFrequencies f;
+    std::vector<float> cos_sin;  // [positions, rotary_dim]
+    int64_t positions = 0;
+  };
+  static constexpr size_t kMaxTables = 4;  // longrope has two sets; dynamic NTK a new one per length
+  std::vector<Table> tables_;             // most recently used first
+};
+
 }  // namespace kiln

@@ -468,6 +468,35 @@ TEST(RopeFrequencies, CosSinOfPosition) {
   EXPECT_FLOAT_EQ(s[1], 2.0f * std::sin(angle));
 }
 
+// The cache's rows are rope_cos_sin's, bit for bit, across growth and for several frequency sets in turn
+// (longrope switches between two; more than the cache keeps evicts the oldest, which is then recomputed).
+TEST(RopeCosSinCache, RowsEqualDirectComputation) {
+  RopeConfig cfg;
+  cfg.head_dim = cfg.rotary_dim = 16;
+  std::vector<RopeFrequencies> sets;
+  for (int i = 0; i < 6; ++i) {
+    RopeFrequencies f = rope_frequencies(cfg, 1);
+    for (float& v : f.inv_freq) v *= 1.0f + 0.1f * static_cast<float>(i);
+    f.attention_scaling = 1.0f + 0.5f * static_cast<float>(i % 2);
+    sets.push_back(f);
+  }
+  RopeCosSinCache cache;
+  const int half = cfg.rotary_dim / 2;
+  std::vector<float> want(static_cast<size_t>(cfg.rotary_dim));
+  for (int round = 0; round < 3; ++round)
+    for (size_t i = 0; i < sets.size(); ++i)
+      for (int64_t first : {int64_t{0}, int64_t{5}, int64_t{300}, int64_t{1000}}) {
+        const int64_t count = 37;
+        const float* rows = cache.rows(sets[i], first, count);
+        for (int64_t p = first; p < first + count; ++p) {
+          rope_cos_sin(sets[i], p, want.data(), want.data() + half);
+          for (int j = 0; j < cfg.rotary_dim; ++j)
+            ASSERT_EQ(rows[(p - first) * cfg.rotary_dim + j], want[static_cast<size_t>(j)])
+                << "set " << i << " position " << p << " element " << j;
+        }
+      }
+}
+
 TEST(RopeConfigJson, FromJsonRefusesBadInput) {
   RopeConfig cfg;
   cfg.head_dim = cfg.rotary_dim = 64;

@@ -109,6 +109,16 @@ void CpuBackend::paged_attention(const Tensor& q, const KvLayer& kv, const Atten
   cpu::paged_attention(q, kv, batch, params, out, pool_);
 }
 
+void CpuBackend::add(Tensor& residual, const Tensor& delta) {
+  KILN_CHECK(residual.dtype == DType::kF32 && delta.dtype == DType::kF32 && residual.numel() == delta.numel(),
+             "add: f32 tensors of one size");
+  float* r = residual.as<float>();
+  const float* d = delta.as<float>();
+  pool_.parallel_for(residual.numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) r[i] += d[i];
+  });
+}
+
 void CpuBackend::silu_mul(const Tensor& gate_up, Tensor& out) {
   const int64_t inter = out.dim(-1), rows = out.numel() / inter;
   const auto& ops = cpu::vec_ops();

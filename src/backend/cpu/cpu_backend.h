@@ -28,6 +28,7 @@ class CpuBackend final : public Backend {
   void paged_attention(const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
                        const AttentionParams& params, Tensor& out) override;
   void silu_mul(const Tensor& gate_up, Tensor& out) override;
+  void add(Tensor& residual, const Tensor& delta) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
   void argmax_rows(const Tensor& logits, Tensor& ids) override;
   void synchronize() override {}

@@ -31,18 +31,20 @@ LtGemm::LtGemm() {
 LtGemm::~LtGemm() {
   for (auto& [key, ptr] : bias_copies_) cudaFree(ptr);
   for (auto& [key, p] : plans_) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.d);
-    cublasLtMatmulDescDestroy(p.desc);
+    destroy(p);
   }
   cudaFree(workspace_);
   cublasLtDestroy(handle_);
 }
 
-LtGemm::Plan& LtGemm::plan_for(const Key& key) {
-  auto it = plans_.find(key);
-  if (it != plans_.end()) return it->second;
+void LtGemm::destroy(Plan& p) {
+  cublasLtMatrixLayoutDestroy(p.a);
+  cublasLtMatrixLayoutDestroy(p.b);
+  cublasLtMatrixLayoutDestroy(p.d);
+  cublasLtMatmulDescDestroy(p.desc);
+}
+
+LtGemm::Plan LtGemm::describe(const Key& key) const {
   const auto [m, n, k, xt_i, wt_i, yt_i, has_bias] = key;
   const DType xt = static_cast<DType>(xt_i), wt = static_cast<DType>(wt_i), yt = static_cast<DType>(yt_i);
   Plan p;
@@ -60,20 +62,52 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(wt), k, n, k));
   KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(xt), k, m, k));
   KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, cuda_type(yt), n, m, n));
+  return p;
+}
+
+std::vector<cublasLtMatmulAlgo_t> LtGemm::candidates(const Plan& p, int count) const {
   cublasLtMatmulPreference_t pref;
   KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   KILN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                          &workspace_bytes_, sizeof(workspace_bytes_)));
-  cublasLtMatmulHeuristicResult_t result{};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(count));
   int found = 0;
   const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 1, &result, &found);
+      cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, count, results.data(), &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  KILN_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0,
-             "cuBLASLt has no algorithm for y[" + std::to_string(m) + "," + std::to_string(n) + "] = x[" +
-                 std::to_string(m) + "," + std::to_string(k) + "] W^T (" + dtype_name(xt) + " x " + dtype_name(wt) +
-                 " -> " + dtype_name(yt) + (has_bias ? ", bias" : "") + "): " + cublas_status_text(st));
-  p.algo = result.algo;
+  std::vector<cublasLtMatmulAlgo_t> algos;
+  if (st == CUBLAS_STATUS_SUCCESS)
+    for (int i = 0; i < found; ++i)
+      if (results[static_cast<size_t>(i)].state == CUBLAS_STATUS_SUCCESS) algos.push_back(results[static_cast<size_t>(i)].algo);
+  return algos;
+}
+
+LtGemm::Plan& LtGemm::plan_for(const Key& key) {
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return it->second;
+  const auto [m, n, k, xt_i, wt_i, yt_i, has_bias] = key;
+  Plan p = describe(key);
+  // The algorithm tuned at build for the smallest tuned m >= m, if cuBLASLt accepts it for this m.
+  bool chosen = false;
+  if (auto t = tuned_.find(ShapeKey{n, k, xt_i, wt_i, yt_i, has_bias}); t != tuned_.end()) {
+    auto at = t->second.lower_bound(m);
+    if (at != t->second.end()) {
+      cublasLtMatmulHeuristicResult_t check{};
+      if (cublasLtMatmulAlgoCheck(handle_, p.desc, p.a, p.b, p.d, p.d, &at->second, &check) == CUBLAS_STATUS_SUCCESS &&
+          check.workspaceSize <= workspace_bytes_) {
+        p.algo = at->second;
+        chosen = true;
+      }
+    }
+  }
+  if (!chosen) {
+    const std::vector<cublasLtMatmulAlgo_t> algos = candidates(p, 1);
+    const DType xt = static_cast<DType>(xt_i), wt = static_cast<DType>(wt_i), yt = static_cast<DType>(yt_i);
+    KILN_CHECK(!algos.empty(), "cuBLASLt has no algorithm for y[" + std::to_string(m) + "," + std::to_string(n) +
+                                   "] = x[" + std::to_string(m) + "," + std::to_string(k) + "] W^T (" + dtype_name(xt) +
+                                   " x " + dtype_name(wt) + " -> " + dtype_name(yt) + (has_bias ? ", bias" : "") + ")");
+    p.algo = algos.front();
+  }
   return plans_.emplace(key, p).first->second;
 }
 

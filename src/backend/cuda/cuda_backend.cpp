@@ -355,6 +355,44 @@ void CudaBackend::paged_attention(const Tensor& q, const KvLayer& kv, const Atte
   cuda::paged_attention(q.data, q.dtype, device_kv(kv), batch_, p, out.data, w, ws, stream_);
 }
 
+Result<std::string> CudaBackend::tune_linears(const std::vector<LinearShape>& shapes, DType weights,
+                                              int64_t max_tokens, int64_t max_logit_rows) {
+  // Token counts a forward may have, as powers of two from 8 (below: the gemv kernel) to the limit, and the
+  // limit itself; at run time m takes the algorithm of the smallest tuned m >= m.
+  const auto counts = [](int64_t limit) {
+    std::vector<int64_t> ms;
+    for (int64_t m = 8; m < limit; m *= 2) ms.push_back(m);
+    ms.push_back(std::max<int64_t>(limit, 1));
+    return ms;
+  };
+  std::vector<cuda::LtGemm::TuneShape> tune;
+  for (const LinearShape& s : shapes) {
+    cuda::LtGemm::TuneShape t;
+    t.n = s.n;
+    t.k = s.k;
+    t.xt = t.wt = weights;
+    t.yt = s.lm_head ? DType::kF32 : weights;
+    t.bias = s.bias;
+    t.ms = counts(s.lm_head ? max_logit_rows : max_tokens);
+    tune.push_back(t);
+  }
+  return gemm_->tune(tune, device_description(), stream_);
+}
+
+Status CudaBackend::use_tuning(const std::string& record) {
+  if (record.empty()) return {};
+  std::string note;
+  if (!gemm_->use_record(record, device_description(), &note))
+    std::fprintf(stderr, "kiln: %s; GEMM algorithms come from cuBLASLt's heuristic (rebuild the engine on this "
+                 "machine to tune them)\n", note.c_str());
+  return {};
+}
+
+void CudaBackend::add(Tensor& residual, const Tensor& delta) {
+  KILN_CHECK(residual.dtype == delta.dtype && residual.numel() == delta.numel(), "add: tensors of one type and size");
+  cuda::add(residual.data, delta.data, residual.numel(), residual.dtype, stream_);
+}
+
 void CudaBackend::silu_mul(const Tensor& gate_up, Tensor& out) {
   const int64_t inter = out.dim(-1);
   cuda::silu_mul(gate_up.data, out.data, out.numel() / inter, inter, out.dtype, stream_);

@@ -55,9 +55,13 @@ class CudaBackend final : public Backend {
   void paged_attention(const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
                        const AttentionParams& params, Tensor& out) override;
   void silu_mul(const Tensor& gate_up, Tensor& out) override;
+  void add(Tensor& residual, const Tensor& delta) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
   void argmax_rows(const Tensor& logits, Tensor& ids) override;
   void synchronize() override;
+  Result<std::string> tune_linears(const std::vector<LinearShape>& shapes, DType weights, int64_t max_tokens,
+                                   int64_t max_logit_rows) override;
+  Status use_tuning(const std::string& record) override;
 
   cudaStream_t stream() const { return stream_; }
 

@@ -73,6 +73,9 @@ void rmsnorm(const void* x, const float* w, float eps, void* out, int64_t rows, 
 void add_rmsnorm(void* residual, const void* delta, const float* w, float eps, void* out, int64_t rows, int64_t dim,
                  DType act, cudaStream_t stream);
 
+// residual += delta, the sum rounded to act. [n] elements each.
+void add(void* residual, const void* delta, int64_t n, DType act, cudaStream_t stream);
+
 // out = silu(gate) * up. gate_up [rows, 2 * inter] (gate | up), out [rows, inter], act.
 void silu_mul(const void* gate_up, void* out, int64_t rows, int64_t inter, DType act, cudaStream_t stream);
 

@@ -11,6 +11,7 @@
 
 #include "backend/cuda/float_types.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/pdl.cuh"
 #include "core/status.h"
 
 namespace kiln::cuda {
@@ -90,6 +91,8 @@ unsigned grid_rows(int64_t rows) { return static_cast<unsigned>(rows < 65535 ? r
 template <typename TI, typename TO, int W>
 __global__ void embedding_kernel(const TI* __restrict__ table, const int32_t* __restrict__ ids, int64_t num_tokens,
                                  int64_t hidden, TO* __restrict__ out) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t packs = hidden / W;
   for (int64_t t = blockIdx.y; t < num_tokens; t += gridDim.y) {
     const TI* src = table + static_cast<int64_t>(ids[t]) * hidden;
@@ -116,6 +119,8 @@ template <typename T, int W, int VPT, bool kAdd>
 __global__ void __launch_bounds__(1024) rmsnorm_reg_kernel(T* x, const T* delta, const float* __restrict__ w,
                                                            float eps, T* out, int64_t rows, int dim) {
   __shared__ float red[32];
+  pdl_wait();
+  pdl_launch_dependents();
   const int packs = dim / W;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     T* xr = x + r * dim;
@@ -161,6 +166,8 @@ template <typename T, int W, bool kAdd>
 __global__ void __launch_bounds__(1024) rmsnorm_loop_kernel(T* x, const T* delta, const float* __restrict__ w,
                                                             float eps, T* out, int64_t rows, int64_t dim) {
   __shared__ float red[32];
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t packs = dim / W;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     T* xr = x + r * dim;
@@ -203,11 +210,11 @@ void launch_rmsnorm_w(T* x, const T* delta, const float* w, float eps, T* out, i
   const dim3 block(static_cast<unsigned>(threads));
   const int d = static_cast<int>(dim);
   switch (vpt) {
-    case 1: rmsnorm_reg_kernel<T, W, 1, kAdd><<<grid, block, 0, stream>>>(x, delta, w, eps, out, rows, d); break;
-    case 2: rmsnorm_reg_kernel<T, W, 2, kAdd><<<grid, block, 0, stream>>>(x, delta, w, eps, out, rows, d); break;
+    case 1: launch_kernel(rmsnorm_reg_kernel<T, W, 1, kAdd>, grid, block, 0, stream, x, delta, w, eps, out, rows, d); break;
+    case 2: launch_kernel(rmsnorm_reg_kernel<T, W, 2, kAdd>, grid, block, 0, stream, x, delta, w, eps, out, rows, d); break;
     case 3:
-    case 4: rmsnorm_reg_kernel<T, W, 4, kAdd><<<grid, block, 0, stream>>>(x, delta, w, eps, out, rows, d); break;
-    default: rmsnorm_loop_kernel<T, W, kAdd><<<grid, block, 0, stream>>>(x, delta, w, eps, out, rows, dim); break;
+    case 4: launch_kernel(rmsnorm_reg_kernel<T, W, 4, kAdd>, grid, block, 0, stream, x, delta, w, eps, out, rows, d); break;
+    default: launch_kernel(rmsnorm_loop_kernel<T, W, kAdd>, grid, block, 0, stream, x, delta, w, eps, out, rows, dim); break;
   }
   check_launch(kAdd ? "add_rmsnorm" : "rmsnorm");
 }
@@ -227,6 +234,8 @@ void launch_rmsnorm(T* x, const T* delta, const float* w, float eps, T* out, int
 // out [rows, inter] = silu(gate) * up, gate_up [rows, 2 * inter]; grid (chunks of the row, rows).
 template <typename T, int W>
 __global__ void silu_mul_kernel(const T* __restrict__ gate_up, T* __restrict__ out, int64_t rows, int64_t inter) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t packs = inter / W;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const T* g = gate_up + r * 2 * inter;
@@ -252,7 +261,7 @@ void launch_silu_mul(const T* gate_up, T* out, int64_t rows, int64_t inter, cuda
   constexpr int kThreads = 256;
   const int64_t packs = inter / W;
   const dim3 grid(static_cast<unsigned>(ceil_div(packs, kThreads)), grid_rows(rows));
-  silu_mul_kernel<T, W><<<grid, kThreads, 0, stream>>>(gate_up, out, rows, inter);
+  launch_kernel(silu_mul_kernel<T, W>, grid, kThreads, 0, stream, gate_up, out, rows, inter);
   check_launch("silu_mul");
 }
 
@@ -262,6 +271,8 @@ void launch_silu_mul(const T* gate_up, T* out, int64_t rows, int64_t inter, cuda
 template <typename U>
 __global__ void gather_rows_kernel(const U* __restrict__ x, const int32_t* __restrict__ rows, int64_t n,
                                    int64_t row_words, U* __restrict__ out) {
+  pdl_wait();
+  pdl_launch_dependents();
   for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
     const U* src = x + static_cast<int64_t>(rows[i]) * row_words;
     U* dst = out + i * row_words;
@@ -332,6 +343,8 @@ __global__ void __launch_bounds__(kQkvWarps * 32)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int H = p.num_heads, KVH = p.num_kv_heads, D = p.head_dim;
   const int job = blockIdx.y * kQkvWarps + warp;
+  pdl_wait();
+  pdl_launch_dependents();
   if (job >= H + 2 * KVH) return;  // no block-wide barrier below: warps are independent
   const int64_t t = blockIdx.x;
   float* x = stage[warp];
@@ -371,17 +384,110 @@ __global__ void __launch_bounds__(kQkvWarps * 32)
   stage_out(x, (is_k ? kpool : vpool) + row, D, vec_kv, lane);
 }
 
+// The common case in registers: full rotary (rotary_dim == D), D a multiple of 2 x 16-byte packs, at most 32
+// packs per head. A group of G lanes (a power of two >= D / V) holds one head, a pack per lane; the norm is a
+// group reduction and the rotate-half partner of pack i is pack i +- D / (2V), fetched with shuffles, so no
+// shared memory and no warp barriers: several heads per warp and many tokens in flight (prefill is
+// latency-bound with one small head per warp). Same f32 arithmetic as the staged kernel above.
+constexpr int kQkvPackedThreads = 256;
+
+template <typename TA, typename TKV, int G>
+__global__ void __launch_bounds__(kQkvPackedThreads)
+    qkv_rope_kv_write_packed_kernel(const TA* __restrict__ qkv, QkvParams p, const float* __restrict__ cos_sin,
+                                    DeviceBatch b, TKV* __restrict__ kpool, TKV* __restrict__ vpool,
+                                    TA* __restrict__ q_out) {
+  constexpr int V = kVec<TA>;
+  const int H = p.num_heads, KVH = p.num_kv_heads, D = p.head_dim;
+  const int packs = D / V, half_packs = packs / 2, half = D / 2;
+  const int gl = threadIdx.x % G;  // pack of the head this lane holds
+  const int job = blockIdx.y * (kQkvPackedThreads / G) + threadIdx.x / G;
+  const bool active = job < H + 2 * KVH && gl < packs;
+  const int64_t t = blockIdx.x;
+  pdl_wait();
+  pdl_launch_dependents();
+  float x[V];
+  if (active) {
+    const Pack<TA, V> a = load_pack<TA, V>(qkv + (t * (H + 2 * KVH) + job) * D + gl * V);
+#pragma unroll
+    for (int j = 0; j < V; ++j) x[j] = to_f32(a.v[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) x[j] = 0.0f;
+  }
+  const bool is_q = job < H, is_v = job >= H + KVH;
+  // Shuffles below run on every lane (full mask); the results are used only where they apply.
+  const float* norm_w = is_q ? p.q_norm : is_v ? nullptr : p.k_norm;
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < V; ++j) ss += x[j] * x[j];
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (norm_w && active) {
+    const float inv = 1.0f / sqrtf(ss / static_cast<float>(D) + p.norm_eps);
+    const Pack<float, V> w = load_pack<float, V>(norm_w + gl * V);
+#pragma unroll
+    for (int j = 0; j < V; ++j) x[j] = (x[j] * inv) * w.v[j];
+  }
+  const int lane = threadIdx.x & 31;
+  const bool low = gl < half_packs;
+  const int partner = lane - gl + (low ? gl + half_packs : gl - half_packs);
+  float y[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) y[j] = __shfl_sync(0xffffffffu, x[j], partner & 31);
+  if (!active) return;
+  if (!is_v) {
+    const float* cs = cos_sin + t * p.rotary_dim;  // [cos | sin] of this token
+    const int i0 = (low ? gl : gl - half_packs) * V;
+    const Pack<float, V> c = load_pack<float, V>(cs + i0), sn = load_pack<float, V>(cs + half + i0);
+#pragma unroll
+    for (int j = 0; j < V; ++j) x[j] = low ? x[j] * c.v[j] - y[j] * sn.v[j] : x[j] * c.v[j] + y[j] * sn.v[j];
+    if (is_q) {
+      Pack<TA, V> o;
+#pragma unroll
+      for (int j = 0; j < V; ++j) o.v[j] = from_f32<TA>(x[j]);
+      store_pack<TA, V>(q_out + (t * H + job) * D + gl * V, o);
+      return;
+    }
+  }
+  const int g = job - H - (is_v ? KVH : 0);
+  const int32_t seq = b.token_seq[t], pos = b.token_pos[t];
+  const int64_t block = b.block_tables[static_cast<int64_t>(seq) * b.max_blocks_per_seq + pos / b.block_size];
+  const int64_t row = ((block * KVH + g) * b.block_size + pos % b.block_size) * D;
+  Pack<TKV, V> o;
+#pragma unroll
+  for (int j = 0; j < V; ++j) o.v[j] = from_f32<TKV>(x[j]);
+  store_pack<TKV, V>((is_v ? vpool : kpool) + row + gl * V, o);
+}
+
 template <typename TA, typename TKV>
 void launch_qkv(const void* qkv, const QkvParams& p, const float* cos_sin, const DeviceBatch& b, const DeviceKv& kv,
                 void* q_out, cudaStream_t stream) {
   const int D = p.head_dim;
-  const bool vec_act = D % kVec<TA> == 0 && is_aligned(qkv, 16) && is_aligned(q_out, 16);
+  constexpr int V = kVec<TA>;
+  const bool vec_act = D % V == 0 && is_aligned(qkv, 16) && is_aligned(q_out, 16);
   const bool vec_kv = D % kVec<TKV> == 0 && is_aligned(kv.k, 16) && is_aligned(kv.v, 16);
   const int jobs = p.num_heads + 2 * p.num_kv_heads;
-  const dim3 grid(static_cast<unsigned>(b.num_tokens), static_cast<unsigned>(ceil_div(jobs, kQkvWarps)));
-  qkv_rope_kv_write_kernel<TA, TKV><<<grid, kQkvWarps * 32, 0, stream>>>(
-      static_cast<const TA*>(qkv), p, cos_sin, b, static_cast<TKV*>(kv.k), static_cast<TKV*>(kv.v),
-      static_cast<TA*>(q_out), vec_act, vec_kv);
+  const auto* qkv_t = static_cast<const TA*>(qkv);
+  auto* kp = static_cast<TKV*>(kv.k);
+  auto* vp = static_cast<TKV*>(kv.v);
+  auto* q = static_cast<TA*>(q_out);
+  const bool norm_aligned = (!p.q_norm || is_aligned(p.q_norm, 16)) && (!p.k_norm || is_aligned(p.k_norm, 16));
+  const int packs = D / V;
+  if (vec_act && vec_kv && norm_aligned && p.rotary_dim == D && D % (2 * V) == 0 && packs <= 32 &&
+      is_aligned(cos_sin, 16)) {
+    const auto go = [&](auto kernel, int g) {
+      const dim3 grid(static_cast<unsigned>(b.num_tokens), static_cast<unsigned>(ceil_div(jobs, kQkvPackedThreads / g)));
+      launch_kernel(kernel, grid, kQkvPackedThreads, 0, stream, qkv_t, p, cos_sin, b, kp, vp, q);
+    };
+    if (packs <= 4) go(qkv_rope_kv_write_packed_kernel<TA, TKV, 4>, 4);
+    else if (packs <= 8) go(qkv_rope_kv_write_packed_kernel<TA, TKV, 8>, 8);
+    else if (packs <= 16) go(qkv_rope_kv_write_packed_kernel<TA, TKV, 16>, 16);
+    else go(qkv_rope_kv_write_packed_kernel<TA, TKV, 32>, 32);
+  } else {
+    const dim3 grid(static_cast<unsigned>(b.num_tokens), static_cast<unsigned>(ceil_div(jobs, kQkvWarps)));
+    launch_kernel(qkv_rope_kv_write_kernel<TA, TKV>, grid, kQkvWarps * 32, 0, stream, qkv_t, p, cos_sin, b, kp, vp, q,
+                  vec_act, vec_kv);
+  }
   check_launch("qkv_rope_kv_write");
 }
 
@@ -391,6 +497,8 @@ void launch_qkv(const void* qkv, const QkvParams& p, const float* cos_sin, const
 
 template <typename TI, typename TO>
 __global__ void convert_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n) {
+  pdl_wait();
+  pdl_launch_dependents();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = from_f32<TO>(to_f32(x[i]));
@@ -410,6 +518,8 @@ __device__ __forceinline__ void better(float& v, int& i, float v2, int i2) {
 }
 
 __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab, int32_t* __restrict__ ids) {
+  pdl_wait();
+  pdl_launch_dependents();
   const float* row = logits + blockIdx.x * vocab;
   float v = row[0];
   int i = 0;
@@ -444,12 +554,33 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab, i
   }
 }
 
+// ---------------------------------------------------------------- add
+
+template <typename T>
+__global__ void add_kernel(T* __restrict__ r, const T* __restrict__ d, int64_t n) {
+  pdl_wait();
+  pdl_launch_dependents();
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    r[i] = from_f32<T>(to_f32(r[i]) + to_f32(d[i]));
+}
+
 // ---------------------------------------------------------------- launchers
+
+void add(void* residual, const void* delta, int64_t n, DType act, cudaStream_t stream) {
+  if (n == 0) return;
+  dispatch_float(act, "add", [&](auto t) {
+    using T = decltype(t);
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 8192));
+    launch_kernel(add_kernel<T>, blocks, 256, 0, stream, static_cast<T*>(residual), static_cast<const T*>(delta), n);
+    check_launch("add");
+  });
+}
 
 void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* ids, cudaStream_t stream) {
   if (rows == 0) return;
   KILN_CHECK(vocab > 0 && vocab < INT32_MAX && rows < INT32_MAX, "argmax_rows: bad shape");
-  argmax_kernel<<<static_cast<unsigned>(rows), 1024, 0, stream>>>(logits, vocab, ids);
+  launch_kernel(argmax_kernel, static_cast<unsigned>(rows), 1024, 0, stream, logits, vocab, ids);
   check_launch("argmax_rows");
 }
 
@@ -460,7 +591,7 @@ void convert(const void* x, DType from, void* out, DType to, int64_t n, cudaStre
     dispatch_float(to, "convert to", [&](auto to_) {
       using TO = decltype(to_);
       const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 4096));
-      convert_kernel<TI, TO><<<blocks, 256, 0, stream>>>(static_cast<const TI*>(x), static_cast<TO*>(out), n);
+      launch_kernel(convert_kernel<TI, TO>, blocks, 256, 0, stream, static_cast<const TI*>(x), static_cast<TO*>(out), n);
       check_launch("convert");
     });
   });
@@ -479,12 +610,8 @@ void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t
                        is_aligned(out, pack_align(8 * sizeof(TO)));
       const int w = vec ? 8 : 1;
       const dim3 grid(static_cast<unsigned>(ceil_div(hidden / w, kThreads)), grid_rows(num_tokens));
-      if (vec)
-        embedding_kernel<TI, TO, 8><<<grid, kThreads, 0, stream>>>(static_cast<const TI*>(table), ids, num_tokens,
-                                                                  hidden, static_cast<TO*>(out));
-      else
-        embedding_kernel<TI, TO, 1><<<grid, kThreads, 0, stream>>>(static_cast<const TI*>(table), ids, num_tokens,
-                                                                  hidden, static_cast<TO*>(out));
+      launch_kernel(vec ? embedding_kernel<TI, TO, 8> : embedding_kernel<TI, TO, 1>, grid, kThreads, 0, stream,
+                    static_cast<const TI*>(table), ids, num_tokens, hidden, static_cast<TO*>(out));
       check_launch("embedding");
     });
   });
@@ -534,13 +661,13 @@ void gather_rows(const void* x, const int32_t* rows, int64_t n, int64_t row_byte
   if (row_bytes % 16 == 0 && is_aligned(x, 16) && is_aligned(out, 16)) {
     const int64_t words = row_bytes / 16;
     const dim3 grid(static_cast<unsigned>(ceil_div(words, kThreads)), grid_rows(n));
-    gather_rows_kernel<uint4><<<grid, kThreads, 0, stream>>>(static_cast<const uint4*>(x), rows, n, words,
-                                                              static_cast<uint4*>(out));
+    launch_kernel(gather_rows_kernel<uint4>, grid, kThreads, 0, stream, static_cast<const uint4*>(x), rows, n, words,
+                  static_cast<uint4*>(out));
   } else {
     const int64_t words = row_bytes / 4;
     const dim3 grid(static_cast<unsigned>(ceil_div(words, kThreads)), grid_rows(n));
-    gather_rows_kernel<uint32_t><<<grid, kThreads, 0, stream>>>(static_cast<const uint32_t*>(x), rows, n, words,
-                                                                 static_cast<uint32_t*>(out));
+    launch_kernel(gather_rows_kernel<uint32_t>, grid, kThreads, 0, stream, static_cast<const uint32_t*>(x), rows, n,
+                  words, static_cast<uint32_t*>(out));
   }
   check_launch("gather_rows");
 }
