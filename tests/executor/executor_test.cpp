@@ -20,74 +20,10 @@ using test::LoadedModel;
 using test::load_model;
 using test::make_executor;
 using test::run_alone;
-
-// Waits until the executor has run `iterations` iterations, or it is idle, or 2 s pass.
-void wait_for_iteration(Executor& ex, int64_t iterations) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  while (std::chrono::steady_clock::now() < deadline) {
-    ExecutorStats s = ex.stats();
-    if (s.iterations >= iterations || (s.active_requests == 0 && s.queued_requests == 0)) return;
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
-}
-
-// 16 requests, half of them sharing a 40-token prefix, random lengths.
-std::vector<Request> mixed_requests(uint32_t seed, int32_t vocab, int n = 16) {
-  std::mt19937 rng(seed);
-  const std::vector<int32_t> shared = test::random_tokens(rng, 40, vocab);
-  std::vector<Request> reqs;
-  for (int i = 0; i < n; ++i) {
-    Request r;
-    const int len = std::uniform_int_distribution<int>(3, 100)(rng);
-    if (i % 2 == 0 && len > 40) {
-      r.input_ids = shared;
-      auto tail = test::random_tokens(rng, len - 40, vocab);
-      r.input_ids.insert(r.input_ids.end(), tail.begin(), tail.end());
-    } else {
-      r.input_ids = test::random_tokens(rng, len, vocab);
-    }
-    r.max_new_tokens = std::uniform_int_distribution<int>(4, 16)(rng);
-    r.output.return_log_probs = true;
-    r.end_ids = std::vector<int32_t>{};  // the tiny models' EOS is arbitrary: run to the length
-    reqs.push_back(std::move(r));
-  }
-  return reqs;
-}
-
-// Enqueues the requests at random iterations of the running executor and returns their final responses.
-std::vector<Response> run_crowd(Executor& ex, const std::vector<Request>& reqs, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int64_t> at(reqs.size());
-  for (auto& a : at) a = std::uniform_int_distribution<int>(0, 24)(rng);
-  std::sort(at.begin(), at.end());
-  std::vector<RequestId> ids;
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    wait_for_iteration(ex, at[i]);
-    auto id = ex.enqueue(reqs[i]);
-    EXPECT_TRUE(id.ok()) << id.status().to_string();
-    ids.push_back(*id);
-  }
-  std::vector<Response> out;
-  for (RequestId id : ids) {
-    auto r = ex.await_final(id);
-    EXPECT_TRUE(r.ok()) << r.status().to_string();
-    out.push_back(r.ok() ? std::move(*r) : Response{});
-  }
-  return out;
-}
-
-void expect_same_output(const Response& alone, const Response& crowd, const std::string& what) {
-  ASSERT_EQ(alone.output_ids.size(), crowd.output_ids.size()) << what;
-  for (size_t b = 0; b < alone.output_ids.size(); ++b) {
-    EXPECT_EQ(alone.output_ids[b], crowd.output_ids[b]) << what << " beam " << b;
-    if (b < alone.output_log_probs.size() && b < crowd.output_log_probs.size()) {
-      ASSERT_EQ(alone.output_log_probs[b].size(), crowd.output_log_probs[b].size()) << what;
-      for (size_t i = 0; i < alone.output_log_probs[b].size(); ++i)
-        EXPECT_NEAR(alone.output_log_probs[b][i], crowd.output_log_probs[b][i], 1e-4) << what << " step " << i;
-    }
-  }
-  EXPECT_EQ(alone.finish_reasons, crowd.finish_reasons) << what;
-}
+using test::expect_same_output;
+using test::mixed_requests;
+using test::run_crowd;
+using test::wait_for_iteration;
 
 struct InvarianceCase {
   std::string model;
@@ -140,7 +76,7 @@ TEST(Executor, MatchesSequenceRunnerGreedy) {
   r.end_ids = std::vector<int32_t>{};
   r.output.return_log_probs = true;
   const Response resp = run_alone(m, r);
-  auto runner = SequenceRunner::create(*m.model, m.backend);
+  auto runner = SequenceRunner::create(*m.model, *m.backend);
   ASSERT_TRUE(runner.ok());
   auto g = (*runner)->generate(r.input_ids, {.max_new_tokens = 20, .stop_at_eos = false});
   ASSERT_TRUE(g.ok());
@@ -434,7 +370,7 @@ TEST(Executor, ContextAndGenerationLogits) {
   const Response resp = run_alone(m, r, config);
   ASSERT_EQ(resp.context_logits.size(), static_cast<size_t>(37 * V));
   ASSERT_EQ(resp.generation_logits.size(), static_cast<size_t>(4 * V));
-  auto runner = SequenceRunner::create(*m.model, m.backend);
+  auto runner = SequenceRunner::create(*m.model, *m.backend);
   auto g = (*runner)->generate(r.input_ids, {.max_new_tokens = 4, .stop_at_eos = false, .return_prompt_logits = true});
   ASSERT_TRUE(g.ok());
   for (size_t i = 0; i < resp.context_logits.size(); ++i) ASSERT_NEAR(resp.context_logits[i], g->prompt_logits[i], 1e-4);
