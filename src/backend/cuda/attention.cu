@@ -1,13 +1,32 @@
-// Paged attention on CUDA (see kernels.h for the contract). Two kernels, chosen per launch on the host:
+// Paged attention on CUDA (see kernels.h for the contract). Kernels chosen per launch on the host:
 //
-//  * decode_kernel (flash-decoding, split-KV): one CTA per (token, kv head [, group of its query heads],
+//  * decode_mma_kernel (flash-decoding on tensor cores, split-KV; f16/bf16, head dims 16..128): one CTA of 4
+//    warps per (token, kv head [, group of 16 of its query heads], split of the key range). The query heads
+//    of the kv head are the 16 rows of mma.sync m16n8k16 tiles, so every K/V row is read once for all of
+//    them (GQA). Each warp streams its own 16-key tiles (tiles w, w + 4, ... of the CTA's range) through a
+//    private 3- or 4-stage cp.async ring in shared memory (16-byte copies, coalesced over a KV block's
+//    rows, keys outside the range zero-filled and masked), with no CTA barrier in the loop; Q.K^T and P.V on
+//    tensor cores, online softmax in f32 (log2 units, one ex2 per score). The warps merge through shared
+//    memory at the end. The split count comes from a cost model of the busiest SM (decode_splits): splits
+//    only when the batch gives fewer than 2 CTAs per SM, chosen from (tokens x kv heads) against the SM
+//    count and the context length. Measured on an H100 (graph-captured, f16): 64 seqs x 2048 ctx, H=32
+//    KVH=8 D=128: 196 us (2.73 TB/s of K+V; the CUDA-core kernel before it: 263 us); 1 seq x 32K ctx:
+//    55.5 us (79.7); Phi-3-mini shape (H=KVH=32, D=96) at 1 x 1024 ctx: 8.1 us (12.3). Merging the splits
+//    in a thread-block cluster through distributed shared memory instead of combine_kernel measured slower
+//    (10.4 us and 67 us for the last two).
+//
+//  * decode_kernel (flash-decoding on CUDA cores, split-KV): f32 (the correctness mode: simple and exact,
+//    not fast for long prompts) and head dim 256. One CTA per (token, kv head [, group of its query heads],
 //    split of the key range). The CTA holds the q of up to 8 query heads of one kv head in registers, so
 //    every K/V row it reads (16-byte loads straight from the paged pools) serves all of them. Rows are
 //    spread over "slots" (groups of lanes, one row each), each with its own online softmax in f32; slots
-//    are merged at the end (shuffles, then shared memory). With several splits each CTA writes a partial
-//    (normalized output, log-sum-exp) to the workspace and combine_kernel merges them. Used for every
-//    batch whose sequences add at most kDecodeMaxNew tokens, and for all f32 batches (the fp32
-//    correctness mode: simple and exact, not fast for long prompts).
+//    are merged at the end (shuffles, then shared memory).
+//
+//  With several splits each decode CTA writes a partial (normalized output, log-sum-exp) to the workspace
+//  and combine_kernel merges them (one warp per output row). Both decode kernels are used for every batch
+//  whose sequences add at most kDecodeMaxNew tokens, and for all f32 batches. The decode and combine
+//  kernels are programmatic dependent launches (pdl.cuh): each waits for its predecessor before touching
+//  anything, then lets its successor launch.
 //
 //  * prefill_kernel (flash-attention-2 style, f16/bf16 only): one CTA per (query head, sequence, tile of BM
 //    new tokens), BM = 128 (8 warps of 16 rows; 64 for head dim 256); 64-key K/V tiles gathered from the
@@ -28,6 +47,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -35,6 +55,7 @@
 
 #include "backend/cuda/float_types.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/pdl.cuh"
 #include "core/status.h"
 
 namespace kiln::cuda {
@@ -46,9 +67,12 @@ namespace {
 constexpr int kThreads = 128;       // every kernel here: 4 warps
 constexpr int kDecodeMaxNew = kAttentionDecodeMaxNew;  // more new tokens (f16/bf16): the prefill kernel
 constexpr int kMaxGroup = 8;        // query heads per decode CTA (registers: 8 x 8 floats of q and of acc)
-constexpr int kTargetCtas = 512;    // decode CTAs wanted per launch (~4 resident per SM x 132 SMs)
-constexpr int kMinChunk = 128;      // fewest keys a decode split handles
-constexpr int kMaxSplits = 64;      // most splits of one token's key range
+constexpr int kMinChunk = 64;       // fewest keys a decode split handles
+constexpr int kMaxSplits = 128;     // most splits of one token's key range
+constexpr int kSplitAlign = 16;     // split boundaries at multiples of this many keys (the mma kernel's tile)
+// The split heuristic's costs, in keys per SM (see decode_splits).
+constexpr int kCtaCostKeys = 64;       // fixed cost of a decode CTA (first loads' latency, merge, writes)
+constexpr int kCombineCostKeys = 128;  // the combine kernel
 constexpr float kLog2e = 1.4426950408889634f;
 
 // ---------------------------------------------------------------- small helpers
@@ -126,6 +150,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
   __shared__ float sm_acc[kWarps][G][DMAX];  // per-warp merged acc, then merged across warps
   __shared__ float sm_m[kWarps][G], sm_l[kWarps][G];
 
+  // Everything below reads what earlier kernels wrote (q, the KV cache, the batch's tables).
+  pdl_wait();
+  pdl_launch_dependents();
   const int item = blockIdx.x;  // index in the token list: the workspace's row
   const int t = a.tokens ? a.tokens[item] : item;
   const int g = blockIdx.y / a.hgroups, hg = blockIdx.y % a.hgroups;
@@ -297,40 +324,79 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
   }
 }
 
-// Merges the splits of one (list item, query head) row: grid items * H, block kThreads; the output row is
-// that of the item's token (tokens[item], or the item itself without a list).
+// Merges the splits of each (list item, query head) row: one warp per row, grid ceil(rows / 4), block kThreads;
+// the output row is that of the item's token (tokens[item], or the item itself without a list).
 // out[row, :] = sum_i w_i o_i / sum_i w_i with w_i = exp2(lse_i - max lse). Split 0 is never empty.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restrict__ ws_lse,
                                                            const float* __restrict__ ws_o, T* __restrict__ out,
-                                                           int d, int num_splits, const int32_t* tokens, int H) {
-  __shared__ float w[kMaxSplits];
-  __shared__ float inv_total;
-  const int64_t row = blockIdx.x;
+                                                           int d, int num_splits, const int32_t* tokens, int H,
+                                                           int64_t num_rows) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ float w_sm[kWarps][kMaxSplits];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  pdl_wait();  // the partials come from the decode kernel
+  pdl_launch_dependents();
+  if (row >= num_rows) return;
+  float* w = w_sm[warp];
   const float* lse = ws_lse + row * num_splits;
-  if (threadIdx.x < 32) {
-    float mx = -INFINITY;
-    for (int i = threadIdx.x; i < num_splits; i += 32) mx = fmaxf(mx, lse[i]);
+  float mx = -INFINITY;
+  for (int i = lane; i < num_splits; i += 32) mx = fmaxf(mx, lse[i]);
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0.0f;
-    for (int i = threadIdx.x; i < num_splits; i += 32) {
-      const float wi = exp2f(lse[i] - mx);  // empty split: lse = -inf, weight 0
-      w[i] = wi;
-      sum += wi;
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (threadIdx.x == 0) inv_total = 1.0f / sum;
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  float sum = 0.0f;
+  for (int i = lane; i < num_splits; i += 32) {
+    const float wi = exp2f(lse[i] - mx);  // empty split: lse = -inf, weight 0
+    w[i] = wi;
+    sum += wi;
   }
-  __syncthreads();
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  __syncwarp();
+  const float inv = 1.0f / sum;
   const float* o = ws_o + row * num_splits * d;
-  for (int e = threadIdx.x; e < d; e += kThreads) {
-    float x = 0.0f;
-    for (int i = 0; i < num_splits; ++i) x = fmaf(w[i], o[static_cast<int64_t>(i) * d + e], x);
-    const int64_t item = row / H, head = row % H;
-    const int64_t out_row = (tokens ? tokens[item] : item) * H + head;
-    out[out_row * d + e] = from_f32<T>(x * inv_total);
+  const int64_t item = row / H, head = row % H;
+  T* dst = out + ((tokens ? tokens[item] : item) * H + head) * d;
+  if (d % 4 == 0) {
+    // 4 consecutive elements per lane, four splits' loads in flight at a time.
+    for (int e = 4 * lane; e < d; e += 128) {
+      float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      int i = 0;
+      for (; i + 4 <= num_splits; i += 4) {
+        float4 x[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) x[u] = *reinterpret_cast<const float4*>(o + static_cast<int64_t>(i + u) * d + e);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const float wu = w[i + u];
+          acc.x = fmaf(wu, x[u].x, acc.x);
+          acc.y = fmaf(wu, x[u].y, acc.y);
+          acc.z = fmaf(wu, x[u].z, acc.z);
+          acc.w = fmaf(wu, x[u].w, acc.w);
+        }
+      }
+      for (; i < num_splits; ++i) {
+        const float4 x = *reinterpret_cast<const float4*>(o + static_cast<int64_t>(i) * d + e);
+        const float wu = w[i];
+        acc.x = fmaf(wu, x.x, acc.x);
+        acc.y = fmaf(wu, x.y, acc.y);
+        acc.z = fmaf(wu, x.z, acc.z);
+        acc.w = fmaf(wu, x.w, acc.w);
+      }
+      Pack<T, 4> p;
+      p.v[0] = from_f32<T>(acc.x * inv);
+      p.v[1] = from_f32<T>(acc.y * inv);
+      p.v[2] = from_f32<T>(acc.z * inv);
+      p.v[3] = from_f32<T>(acc.w * inv);
+      *reinterpret_cast<Pack<T, 4>*>(dst + e) = p;
+    }
+  } else {
+    for (int e = lane; e < d; e += 32) {
+      float x = 0.0f;
+      for (int i = 0; i < num_splits; ++i) x = fmaf(w[i], o[static_cast<int64_t>(i) * d + e], x);
+      dst[e] = from_f32<T>(x * inv);
+    }
   }
 }
 
@@ -753,25 +819,316 @@ __global__ void __launch_bounds__(C::THREADS, C::MINB) prefill_kernel(const Pref
     }
 }
 
+// ---------------------------------------------------------------- decode kernel on tensor cores (f16/bf16)
+
+// decode_mma_kernel's shape for head dim D: NW warps, each streaming its own keys through a private
+// STAGES-deep cp.async ring of K/V tiles of BN = 16 keys (the K tile then the V tile, rows padded by 8
+// elements as in the prefill kernel, so that ldmatrix is conflict-free). Up to ROWS = 16 query heads of one
+// kv head (and one token) are the rows of the m16n8k16 tiles. After the loop the ring is reused to merge
+// the warps: per warp [ROWS][OP] floats of output, then ROWS maxima and ROWS sums.
+template <int D_, int STAGES_>
+struct DecodeMmaCfg {
+  static constexpr int D = D_, STAGES = STAGES_;
+  static constexpr int NW = 4, BN = 16, ROWS = 16;
+  static constexpr int THREADS = 32 * NW;
+  static constexpr int PT = D + 8;
+  static constexpr int CH = D / 8;                  // 16-byte chunks per row
+  static constexpr int TILE_ELEMS = 2 * BN * PT;    // K tile then V tile
+  static constexpr int RING_BYTES = NW * STAGES * TILE_ELEMS * 2;
+  static constexpr int OP = D + 4;                  // merge row pitch (floats): conflict-free float2 stores
+  static constexpr int MERGE_BYTES = NW * ROWS * OP * 4 + 2 * NW * ROWS * 4;
+  static constexpr int SMEM = RING_BYTES > MERGE_BYTES ? RING_BYTES : MERGE_BYTES;
+  static_assert(D % 16 == 0 && (BN * CH) % 32 == 0, "whole k-steps and whole chunk rounds per lane");
+  static_assert(STAGES >= 2, "at least double buffering");
+};
+
+// grid (items, KVH * hgroups, num_splits), block C::THREADS. CTA (item, g * hgroups + hg, split): the item's
+// token t, query heads g * rep + hg * 16 + r (r < 16, those < rep), keys [begin, end) = the split's part of
+// t's range [lo, pos]. The range is cut into 16-key tiles aligned to multiples of 16 (a tile then lies in
+// one KV block when block_size >= 16, and the keys outside [begin, end) of the first and last tiles are
+// neither read, the copy zero-fills them, nor scored); warp w takes tiles w, w + NW, ... Each warp keeps
+// its own online softmax (f32, log2 units) in the mma accumulator layout; the warps are merged at the end.
+template <typename T, class C>
+__global__ void __launch_bounds__(C::THREADS) decode_mma_kernel(const DecodeArgs a) {
+  constexpr int D = C::D, NW = C::NW, BN = C::BN, PT = C::PT, CH = C::CH, S = C::STAGES, OP = C::OP;
+  constexpr int ROWS = C::ROWS;
+  constexpr int LOADS = BN * CH / 32;  // 16-byte chunks of K (and as many of V) per lane per tile
+  const int item = blockIdx.x;
+  const int g = blockIdx.y / a.hgroups, hg = blockIdx.y % a.hgroups;
+  const int split = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  T* const ring = reinterpret_cast<T*>(dyn_smem) + warp * S * C::TILE_ELEMS;
+
+  // Everything below reads what earlier kernels wrote (q, the KV cache, the batch's tables).
+  pdl_wait();
+  pdl_launch_dependents();
+
+  const int t = a.tokens ? a.tokens[item] : item;
+  const int s = a.token_seq[t], pos = a.token_pos[t];
+  const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
+  const int begin = lo + split * a.chunk;
+  const int end = min(pos + 1, begin + a.chunk);  // may be <= begin: an empty split
+  const int key0 = begin & ~(BN - 1);
+  const int ntiles = end > begin ? (end - key0 + BN - 1) / BN : 0;
+  const int mine = ntiles > warp ? (ntiles - warp + NW - 1) / NW : 0;
+  const int head0 = hg * ROWS;                 // the CTA's first head within the kv head's group
+  const int rows = min(ROWS, a.rep - head0);
+
+  const T* kpool = static_cast<const T*>(a.k);
+  const T* vpool = static_cast<const T*>(a.v);
+  const int32_t* table = a.block_tables + static_cast<int64_t>(s) * a.max_blocks_per_seq;
+  const bool whole_blocks = a.block_size >= BN;
+
+  // The warp's i-th tile into stage i % S. Lane chunk c = lane + 32k: row c / CH, 16 bytes at col c % CH
+  // (a warp reads 32 consecutive 16-byte chunks of a block's rows: coalesced).
+  auto load_tile = [&](int i) {
+    const int kb = key0 + (warp + i * NW) * BN;  // < end: the tile holds a key of the range
+    T* dk = ring + (i % S) * C::TILE_ELEMS;
+    T* dv = dk + BN * PT;
+    int64_t base = 0;
+    if (whole_blocks) {
+      const int64_t blk = table[kb >> a.block_shift];
+      base = ((blk * a.KVH + g) * a.block_size + (kb & (a.block_size - 1))) * D;
+    }
+#pragma unroll
+    for (int k = 0; k < LOADS; ++k) {
+      const int c = lane + 32 * k;
+      const int r = c / CH, col = c % CH;
+      const int j = kb + r;
+      const bool ok = j >= begin && j < end;
+      int64_t off = 0;
+      if (ok) {
+        if (whole_blocks) {
+          off = base + r * D + col * 8;
+        } else {
+          const int64_t blk = table[j >> a.block_shift];
+          off = ((blk * a.KVH + g) * a.block_size + (j & (a.block_size - 1))) * D + col * 8;
+        }
+      }
+      cp_async16(smem_addr(dk + r * PT + col * 8), kpool + off, ok);
+      cp_async16(smem_addr(dv + r * PT + col * 8), vpool + off, ok);
+    }
+  };
+#pragma unroll
+  for (int i = 0; i < S - 1; ++i) {
+    if (i < mine) load_tile(i);
+    cp_async_commit();
+  }
+
+  // Q as the A fragments of every k-step (rows = heads; rows past `rows` are zero).
+  const int gq = lane / 4, qq = lane % 4;
+  uint32_t qf[D / 16][4];
+  {
+    const T* qb = static_cast<const T*>(a.q) + (static_cast<int64_t>(t) * a.H + g * a.rep + head0) * D + 2 * qq;
+    const bool r0 = gq < rows, r1 = gq + 8 < rows;
+    const uint32_t* q0 = reinterpret_cast<const uint32_t*>(qb + gq * D);
+    const uint32_t* q1 = reinterpret_cast<const uint32_t*>(qb + (gq + 8) * D);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      qf[kk][0] = r0 ? q0[kk * 8] : 0u;
+      qf[kk][1] = r1 ? q1[kk * 8] : 0u;
+      qf[kk][2] = r0 ? q0[kk * 8 + 4] : 0u;
+      qf[kk][3] = r1 ? q1[kk * 8 + 4] : 0u;
+    }
+  }
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows gq and gq + 8 (l: this lane's part)
+  const int lrow = lane & 7, mi_lo = (lane >> 3) & 1, mi_hi = lane >> 4;
+  const float sl2 = a.scale_log2;
+
+  for (int i = 0; i < mine; ++i) {
+    cp_async_wait<S - 2>();  // tile i has landed (this lane's copies) ...
+    __syncwarp();            // ... and the warp's; the warp is also past tile i-1, whose stage is refilled now
+    if (i + S - 1 < mine) load_tile(i + S - 1);
+    cp_async_commit();
+    const T* K = ring + (i % S) * C::TILE_ELEMS;
+    const T* V = K + BN * PT;
+
+    // S [16 heads x 16 keys] = Q K^T.
+    float sc[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+    const uint32_t k_addr = smem_addr(K + (lrow + mi_hi * 8) * PT + mi_lo * 8);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t bf[4];
+      ldmatrix_x4(bf, k_addr + kk * 32);
+      mma16816<T>(sc[0], qf[kk], bf[0], bf[1]);
+      mma16816<T>(sc[1], qf[kk], bf[2], bf[3]);
+    }
+    // Scores in log2 units; keys outside [begin, end) (first and last tiles only) masked.
+    const int kb = key0 + (warp + i * NW) * BN;
+    const bool edge = kb < begin || kb + BN > end;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        sc[nt][e] *= sl2;
+        if (edge) {
+          const int j = kb + nt * 8 + 2 * qq + (e & 1);
+          if (j < begin || j >= end) sc[nt][e] = -INFINITY;
+        }
+      }
+    // Online softmax; every tile holds a key of the range, so the new maxima are finite.
+    float mx[2] = {fmaxf(fmaxf(sc[0][0], sc[0][1]), fmaxf(sc[1][0], sc[1][1])),
+                   fmaxf(fmaxf(sc[0][2], sc[0][3]), fmaxf(sc[1][2], sc[1][3]))};
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float mn = fmaxf(m[r], mx[r]);
+      corr[r] = fast_exp2(m[r] - mn);  // m = -inf at first: 0
+      m[r] = mn;
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[nt][e] = fast_exp2(sc[nt][e] - m[e >> 1]);
+    l[0] = l[0] * corr[0] + (sc[0][0] + sc[0][1] + sc[1][0] + sc[1][1]);
+    l[1] = l[1] * corr[1] + (sc[0][2] + sc[0][3] + sc[1][2] + sc[1][3]);
+    if (corr[0] != 1.0f || corr[1] != 1.0f) {
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        o[dn][0] *= corr[0];
+        o[dn][1] *= corr[0];
+        o[dn][2] *= corr[1];
+        o[dn][3] *= corr[1];
+      }
+    }
+    // O += P V (P's accumulator layout is the A fragment).
+    uint32_t pa[4] = {pack2<T>(sc[0][0], sc[0][1]), pack2<T>(sc[0][2], sc[0][3]), pack2<T>(sc[1][0], sc[1][1]),
+                      pack2<T>(sc[1][2], sc[1][3])};
+    const uint32_t v_addr = smem_addr(V + (lrow + mi_lo * 8) * PT + mi_hi * 8);
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      uint32_t bf[4];
+      ldmatrix_x4_trans(bf, v_addr + dp * 32);
+      mma16816<T>(o[2 * dp], pa, bf[0], bf[1]);
+      mma16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
+    }
+  }
+  cp_async_wait<0>();  // no copy outlives the loop (the trailing groups are empty)
+
+  // Merge the warps through shared memory (the rings are done with once every warp is here).
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+  __syncthreads();
+  float* const sm_o = reinterpret_cast<float*>(dyn_smem);  // [NW][ROWS][OP]
+  float* const sm_m = sm_o + NW * ROWS * OP;                // [NW][ROWS]
+  float* const sm_l = sm_m + NW * ROWS;
+  {
+    float* wo = sm_o + warp * ROWS * OP + 2 * qq;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      *reinterpret_cast<float2*>(wo + gq * OP + dn * 8) = make_float2(o[dn][0], o[dn][1]);
+      *reinterpret_cast<float2*>(wo + (gq + 8) * OP + dn * 8) = make_float2(o[dn][2], o[dn][3]);
+    }
+    if (qq == 0) {
+      sm_m[warp * ROWS + gq] = m[0];
+      sm_m[warp * ROWS + gq + 8] = m[1];
+      sm_l[warp * ROWS + gq] = l[0];
+      sm_l[warp * ROWS + gq + 8] = l[1];
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < rows * D; idx += C::THREADS) {
+    const int r = idx / D, e = idx - r * D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) mx = fmaxf(mx, sm_m[w * ROWS + r]);
+    float lsum = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      const float f = rescale(sm_m[w * ROWS + r], mx);
+      lsum += sm_l[w * ROWS + r] * f;
+      acc += sm_o[(w * ROWS + r) * OP + e] * f;
+    }
+    const int head = g * a.rep + head0 + r;
+    if (a.num_splits == 1) {
+      static_cast<T*>(a.out)[(static_cast<int64_t>(t) * a.H + head) * D + e] = from_f32<T>(acc / lsum);
+    } else {
+      const int64_t part = (static_cast<int64_t>(item) * a.H + head) * a.num_splits + split;
+      a.ws_o[part * D + e] = lsum > 0.0f ? acc / lsum : 0.0f;
+      if (e == 0) a.ws_lse[part] = lsum > 0.0f ? mx + log2f(lsum) : -INFINITY;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- host side
 
-// Query heads per decode CTA and CTAs per kv head.
+// The decode kernel of a batch: on tensor cores (decode_mma_kernel) for f16/bf16 and head dims up to 128,
+// else the CUDA-core one (f32, head dim 256).
+bool decode_uses_mma(bool f32, int head_dim) {
+  return !f32 && head_dim <= 128 && head_dim % 16 == 0;
+}
+// Query heads per decode CTA and CTAs per kv head: the CUDA-core kernel holds up to kMaxGroup heads, the
+// mma kernel 16 (the m16 rows).
 int decode_group(int rep) { return std::min(kMaxGroup, pow2_ceil(rep)); }
-int decode_hgroups(int rep) { return static_cast<int>(ceil_div(rep, decode_group(rep))); }
+int decode_hgroups(int rep, bool mma) {
+  return static_cast<int>(mma ? ceil_div(rep, 16) : ceil_div(rep, decode_group(rep)));
+}
 
 // Keys a token can see at most.
 int64_t max_key_range(const AttentionParams& p, int64_t max_context_len) {
   return p.window > 0 ? std::min<int64_t>(p.window, max_context_len) : max_context_len;
 }
 
-// Splits of each token's key range: enough CTAs to fill the GPU, chunks of at least kMinChunk keys.
-int decode_splits(const AttentionParams& p, int64_t num_tokens, int64_t max_context_len) {
-  const int64_t base = num_tokens * p.num_kv_heads * decode_hgroups(p.num_heads / p.num_kv_heads);
-  if (base >= kTargetCtas) return 1;
-  int64_t n = ceil_div(kTargetCtas, base);
-  n = std::min<int64_t>(n, ceil_div(max_key_range(p, max_context_len), kMinChunk));
-  n = std::min<int64_t>(n, kMaxSplits);
-  return static_cast<int>(std::max<int64_t>(n, 1));
+// Multiprocessors of the current device (cached per device).
+int device_sms() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 132;
+  }
+  static std::atomic<int> cached[64];
+  if (dev >= 0 && dev < 64) {
+    const int v = cached[dev].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+    (void)cudaGetLastError();
+    n = 132;
+  }
+  if (dev >= 0 && dev < 64) cached[dev].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+// Keys per split when `keys` are cut in `splits`: a multiple of kSplitAlign.
+int64_t split_chunk(int64_t keys, int64_t splits) {
+  return ceil_div(ceil_div(keys, splits), kSplitAlign) * kSplitAlign;
+}
+
+// Splits of each token's key range. The cost of s splits is the keys of the busiest SM: ceil(base * s /
+// SMs) CTAs of chunk keys each, each with a fixed cost, plus the combine kernel's when s > 1; the smallest
+// cost wins (ties: fewer splits), with chunks of at least kMinChunk keys. base = CTAs per split.
+// Batches of at least 2 CTAs per SM take one split.
+int decode_splits(const AttentionParams& p, int64_t num_tokens, int64_t max_context_len, int hgroups) {
+  const int64_t base = num_tokens * p.num_kv_heads * hgroups;
+  const int64_t sms = device_sms();
+  const int64_t keys = std::max<int64_t>(max_key_range(p, max_context_len), 1);
+  int64_t best = 1;
+  if (base < 2 * sms) {
+    int64_t best_cost = ceil_div(base, sms) * (keys + kCtaCostKeys);
+    for (int64_t n = 2; n <= kMaxSplits; ++n) {
+      const int64_t chunk = split_chunk(keys, n);
+      if (chunk < kMinChunk) break;
+      if (ceil_div(keys, chunk) < n) continue;  // some split would be empty
+      const int64_t cost = ceil_div(base * n, sms) * (chunk + kCtaCostKeys) + kCombineCostKeys;
+      if (cost < best_cost) {
+        best = n;
+        best_cost = cost;
+      }
+    }
+  }
+  return static_cast<int>(ceil_div(keys, split_chunk(keys, best)));  // no empty split
 }
 
 constexpr size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
@@ -792,11 +1149,19 @@ void check_params(const AttentionParams& p) {
   KILN_CHECK(p.window >= 0, "paged_attention: negative window");
 }
 
+void check_error(cudaError_t e, const char* what) {
+  KILN_CHECK(e == cudaSuccess, std::string(what) + ": launch failed: " + cudaGetErrorString(e));
+}
+
+dim3 decode_grid(const DecodeArgs& a, int64_t items) {
+  return dim3(static_cast<unsigned>(items), static_cast<unsigned>(a.KVH * a.hgroups),
+              static_cast<unsigned>(a.num_splits));
+}
+
 template <typename T, int DMAX, int VEC, int G>
 void launch_decode(const DecodeArgs& a, int64_t T_, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(T_), static_cast<unsigned>(a.KVH * a.hgroups),
-                  static_cast<unsigned>(a.num_splits));
-  decode_kernel<T, DMAX, VEC, G><<<grid, kThreads, 0, stream>>>(a);
+  check_error(launch_kernel(decode_kernel<T, DMAX, VEC, G>, decode_grid(a, T_), dim3(kThreads), 0, stream, a),
+              "paged_attention (decode)");
 }
 
 template <typename T, int DMAX, int VEC>
@@ -809,25 +1174,62 @@ void launch_decode_g(const DecodeArgs& a, int G, int64_t T_, cudaStream_t stream
   }
 }
 
+// The CUDA-core decode kernel: every f32 head dim, and head dim 256 in f16/bf16.
 template <typename T>
 void launch_decode_d(const DecodeArgs& a, int G, int64_t T_, cudaStream_t stream) {
   constexpr int V = 16 / sizeof(T);
-  switch (a.d) {
-    case 16: launch_decode_g<T, 16, V>(a, G, T_, stream); return;
-    case 32: launch_decode_g<T, 32, V>(a, G, T_, stream); return;
-    case 64: launch_decode_g<T, 64, V>(a, G, T_, stream); return;
-    case 96: launch_decode_g<T, 96, V>(a, G, T_, stream); return;
-    case 128: launch_decode_g<T, 128, V>(a, G, T_, stream); return;
-    case 256: launch_decode_g<T, 256, V>(a, G, T_, stream); return;
-    default: break;
-  }
   if constexpr (std::is_same_v<T, float>) {
+    switch (a.d) {
+      case 16: launch_decode_g<T, 16, V>(a, G, T_, stream); return;
+      case 32: launch_decode_g<T, 32, V>(a, G, T_, stream); return;
+      case 64: launch_decode_g<T, 64, V>(a, G, T_, stream); return;
+      case 96: launch_decode_g<T, 96, V>(a, G, T_, stream); return;
+      case 128: launch_decode_g<T, 128, V>(a, G, T_, stream); return;
+      case 256: launch_decode_g<T, 256, V>(a, G, T_, stream); return;
+      default: break;
+    }
     // Any other f32 head dim: a 256-wide kernel with masked chunks (16-byte chunks when rows allow).
     if (a.d % 4 == 0) launch_decode_g<float, 256, 4>(a, G, T_, stream);
     else launch_decode_g<float, 256, 1>(a, G, T_, stream);
   } else {
-    KILN_CHECK(false, "paged_attention: head_dim " + std::to_string(a.d) +
-                          " unsupported for f16/bf16 (16, 32, 64, 96, 128 or 256)");
+    KILN_CHECK(a.d == 256, "paged_attention: head_dim " + std::to_string(a.d) +
+                               " unsupported for f16/bf16 (16, 32, 64, 96, 128 or 256)");
+    launch_decode_g<T, 256, V>(a, G, T_, stream);
+  }
+}
+
+template <typename T, class C>
+void launch_decode_mma(const DecodeArgs& a, int64_t items, cudaStream_t stream) {
+  if constexpr (C::SMEM > 48 * 1024) {
+    // Once per device (the attribute is per device context).
+    static std::atomic<uint64_t> raised{0};
+    int dev = 0;
+    check_error(cudaGetDevice(&dev), "paged_attention (decode)");
+    const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+    if (bit == 0 || !(raised.load(std::memory_order_relaxed) & bit)) {
+      const cudaError_t e = cudaFuncSetAttribute(decode_mma_kernel<T, C>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+      KILN_CHECK(e == cudaSuccess, std::string("paged_attention: cudaFuncSetAttribute(") +
+                                       std::to_string(C::SMEM) + " bytes of shared memory) failed: " +
+                                       cudaGetErrorString(e));
+      raised.fetch_or(bit, std::memory_order_relaxed);
+    }
+  }
+  check_error(launch_kernel(decode_mma_kernel<T, C>, decode_grid(a, items), dim3(C::THREADS),
+                            static_cast<size_t>(C::SMEM), stream, a),
+              "paged_attention (decode)");
+}
+
+template <typename T>
+void launch_decode_mma_d(const DecodeArgs& a, int64_t items, cudaStream_t stream) {
+  switch (a.d) {
+    case 16: launch_decode_mma<T, DecodeMmaCfg<16, 4>>(a, items, stream); return;
+    case 32: launch_decode_mma<T, DecodeMmaCfg<32, 4>>(a, items, stream); return;
+    case 64: launch_decode_mma<T, DecodeMmaCfg<64, 4>>(a, items, stream); return;
+    case 96: launch_decode_mma<T, DecodeMmaCfg<96, 3>>(a, items, stream); return;
+    case 128: launch_decode_mma<T, DecodeMmaCfg<128, 3>>(a, items, stream); return;
+    default:
+      KILN_CHECK(false, "paged_attention: head_dim " + std::to_string(a.d) + " has no mma decode kernel");
   }
 }
 
@@ -923,15 +1325,15 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
   }
   if (decode_count <= 0) return;
 
-  const int G = decode_group(rep);
-  const int splits = decode_splits(p, decode_count, b.max_context_len);
+  const bool mma = decode_uses_mma(kF32, p.head_dim);
+  const int hgroups = decode_hgroups(rep, mma);
+  const int splits = decode_splits(p, decode_count, b.max_context_len, hgroups);
   const size_t need = decode_workspace_bytes(p, decode_count, splits);
   KILN_CHECK(need <= workspace_bytes && (need == 0 || workspace != nullptr),
              "paged_attention: workspace of " + std::to_string(workspace_bytes) + " bytes, this batch needs " +
                  std::to_string(need) + " (size it with attention_workspace_bytes for at least " +
                  std::to_string(b.num_tokens) + " tokens and context " + std::to_string(b.max_context_len) + ")");
-  KILN_CHECK(decode_count <= 0x7fffffff && p.num_kv_heads * decode_hgroups(rep) <= 65535,
-             "paged_attention: grid too large");
+  KILN_CHECK(decode_count <= 0x7fffffff && p.num_kv_heads * hgroups <= 65535, "paged_attention: grid too large");
   DecodeArgs a{};
   a.q = q;
   a.k = kv.k;
@@ -953,18 +1355,24 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
   a.KVH = p.num_kv_heads;
   a.d = p.head_dim;
   a.rep = rep;
-  a.hgroups = decode_hgroups(rep);
+  a.hgroups = hgroups;
   a.window = p.window;
-  a.chunk = static_cast<int>(ceil_div(max_key_range(p, b.max_context_len), splits));
+  a.chunk = static_cast<int>(split_chunk(std::max<int64_t>(max_key_range(p, b.max_context_len), 1), splits));
   a.num_splits = splits;
   a.scale_log2 = scale_log2;
-  launch_decode_d<T>(a, G, decode_count, stream);
-  check_launch("paged_attention (decode)");
+  if (mma) {
+    if constexpr (!kF32) launch_decode_mma_d<T>(a, decode_count, stream);
+  } else {
+    launch_decode_d<T>(a, decode_group(rep), decode_count, stream);
+  }
   if (splits > 1) {
-    combine_kernel<T><<<static_cast<unsigned>(static_cast<int64_t>(decode_count) * p.num_heads), kThreads, 0,
-                        stream>>>(a.ws_lse, a.ws_o, static_cast<T*>(out), p.head_dim, splits, decode_list,
-                                  p.num_heads);
-    check_launch("paged_attention (combine splits)");
+    const int64_t rows = static_cast<int64_t>(decode_count) * p.num_heads;
+    constexpr int kRowsPerCta = kThreads / 32;
+    check_error(launch_kernel(combine_kernel<T>, dim3(static_cast<unsigned>(ceil_div(rows, kRowsPerCta))),
+                              dim3(kThreads), 0, stream, static_cast<const float*>(a.ws_lse),
+                              static_cast<const float*>(a.ws_o), static_cast<T*>(out), p.head_dim, splits,
+                              decode_list, p.num_heads, rows),
+                "paged_attention (combine splits)");
   }
 }
 
@@ -972,11 +1380,18 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
 
 size_t attention_workspace_bytes(const AttentionParams& p, int32_t max_tokens, int32_t max_context_len) {
   check_params(p);
-  // The largest decode launch of up to max_tokens tokens; T >= kTargetCtas always takes one split.
+  // The largest decode launch of up to max_tokens tokens, for either decode kernel (the dtype is not known
+  // here); a launch of at least 2 CTAs per SM takes one split.
   size_t best = 0;
-  const int64_t t_max = std::min<int64_t>(max_tokens, kTargetCtas);
-  for (int64_t t = 1; t <= t_max; ++t)
-    best = std::max(best, decode_workspace_bytes(p, t, decode_splits(p, t, std::max<int32_t>(max_context_len, 1))));
+  const int rep = p.num_heads / p.num_kv_heads;
+  const int64_t sms = device_sms();
+  for (bool mma : {false, true}) {
+    const int hgroups = decode_hgroups(rep, mma);
+    const int64_t t_max = std::min<int64_t>(max_tokens, ceil_div(2 * sms, int64_t{p.num_kv_heads} * hgroups));
+    for (int64_t t = 1; t <= t_max; ++t)
+      best = std::max(best, decode_workspace_bytes(
+                                p, t, decode_splits(p, t, std::max<int32_t>(max_context_len, 1), hgroups)));
+  }
   return best;
 }
 

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -347,11 +348,23 @@ TEST(CudaAttention, DecodeOddGroups) {
   SKIP_WITHOUT_GPU();
   uint32_t seed = 2000;
   for (DType dt : kDtypes)
-    for (auto [h, kvh] : std::vector<std::pair<int, int>>{{9, 3}, {6, 1}, {32, 2}, {24, 2}, {64, 4}}) {
+    for (auto [h, kvh] : std::vector<std::pair<int, int>>{{9, 3}, {6, 1}, {32, 2}, {24, 2}, {64, 4}, {34, 2}}) {
       check_case({dt, 64, h, kvh, 0, 16}, kDecode, seed++);
       check_case({dt, 128, h, kvh, 24, 64}, {{1, 700}, {3, 40}}, seed++);
       if (HasFatalFailure()) return;
     }
+}
+
+TEST(CudaAttention, DecodeSmallBlocks) {
+  // KV blocks smaller than the decode kernel's 16-key tiles (a tile spans several blocks).
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = 2500;
+  for (DType dt : kDtypes)
+    for (int bs : {1, 4, 8})
+      for (int32_t w : {0, 24}) {
+        check_case({dt, 96, 8, 2, w, bs}, {{1, 300}, {1, 1000}, {2, 37}, {1, 5}}, seed++);
+        if (HasFatalFailure()) return;
+      }
 }
 
 TEST(CudaAttention, FewNewTokensPerSequence) {
@@ -502,45 +515,75 @@ void build_timed(TimedBatch& t, int num_seqs, int num_new, int ctx, int H, int K
   DEV_ALLOC(t.ws, t.ws_bytes, static_cast<const void*>(nullptr));
 }
 
-// Mean milliseconds per call over `reps` after warm-up.
-void time_batch(TimedBatch& t, DType dt, int reps, float* ms_out) {
+// Mean milliseconds per call over `reps` after warm-up: *ms_out with the calls captured in a CUDA graph (as the
+// backend runs decode steps: no host launch cost), *ms_stream (optional) launched one by one on a stream.
+void time_batch(TimedBatch& t, DType dt, int reps, float* ms_out, float* ms_stream = nullptr) {
   Stream stream;
   CUDA_ASSERT(cudaStreamCreateWithFlags(&stream.s, cudaStreamNonBlocking));
   cudaEvent_t e0 = nullptr, e1 = nullptr;
   CUDA_ASSERT(cudaEventCreate(&e0));
   CUDA_ASSERT(cudaEventCreate(&e1));
   for (int i = 0; i < 3; ++i) paged_attention(t.q.p, dt, t.kv, t.b, t.p, t.out.p, t.ws.p, t.ws_bytes, stream.s);
-  CUDA_ASSERT(cudaEventRecord(e0, stream.s));
+  float ms = 0;
+  if (ms_stream) {
+    CUDA_ASSERT(cudaEventRecord(e0, stream.s));
+    for (int i = 0; i < reps; ++i) paged_attention(t.q.p, dt, t.kv, t.b, t.p, t.out.p, t.ws.p, t.ws_bytes, stream.s);
+    CUDA_ASSERT(cudaEventRecord(e1, stream.s));
+    CUDA_ASSERT(cudaEventSynchronize(e1));
+    CUDA_ASSERT(cudaGetLastError());
+    CUDA_ASSERT(cudaEventElapsedTime(&ms, e0, e1));
+    *ms_stream = ms / reps;
+  }
+  CUDA_ASSERT(cudaStreamSynchronize(stream.s));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CUDA_ASSERT(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeRelaxed));
   for (int i = 0; i < reps; ++i) paged_attention(t.q.p, dt, t.kv, t.b, t.p, t.out.p, t.ws.p, t.ws_bytes, stream.s);
+  CUDA_ASSERT(cudaStreamEndCapture(stream.s, &graph));
+  CUDA_ASSERT(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_ASSERT(cudaGraphLaunch(exec, stream.s));  // warm-up
+  constexpr int kLaunches = 3;
+  CUDA_ASSERT(cudaEventRecord(e0, stream.s));
+  for (int i = 0; i < kLaunches; ++i) CUDA_ASSERT(cudaGraphLaunch(exec, stream.s));
   CUDA_ASSERT(cudaEventRecord(e1, stream.s));
   CUDA_ASSERT(cudaEventSynchronize(e1));
   CUDA_ASSERT(cudaGetLastError());
-  float ms = 0;
   CUDA_ASSERT(cudaEventElapsedTime(&ms, e0, e1));
+  *ms_out = ms / (kLaunches * reps);
+  CUDA_ASSERT(cudaGraphExecDestroy(exec));
+  CUDA_ASSERT(cudaGraphDestroy(graph));
   CUDA_ASSERT(cudaEventDestroy(e0));
   CUDA_ASSERT(cudaEventDestroy(e1));
-  *ms_out = ms / reps;
 }
 
 TEST(CudaAttention, Timing) {
   SKIP_WITHOUT_GPU();
   constexpr int H = 32, KVH = 8, D = 128, kReps = 20;
+  // KILN_ATTN_TIMING: "decode" times the decode cases only, "phi3" or "phi3:<context>" the batch-1 ones only.
+  const char* only_env = std::getenv("KILN_ATTN_TIMING");
+  const std::string only = only_env ? only_env : "";
+  const bool phi3_only = only.rfind("phi3", 0) == 0;
+  const int phi3_ctx = only.size() > 5 ? std::atoi(only.c_str() + 5) : 0;
   for (DType dt : {DType::kF16, DType::kBF16}) {
+    if (phi3_only) break;
     {
       constexpr int S = 64, ctx = 2048;
       for (int bs : {16, 64}) {
         TimedBatch t;
         build_timed(t, S, 1, ctx, H, KVH, D, bs, dt);
         if (HasFatalFailure()) return;
-        float ms = 0;
-        time_batch(t, dt, kReps, &ms);
+        float ms = 0, ms_stream = 0;
+        time_batch(t, dt, kReps, &ms, &ms_stream);
         if (HasFatalFailure()) return;
         const double bytes = 2.0 * S * ctx * KVH * D * dtype_size(dt);
-        std::printf("[timing] %s decode %d seqs x %d ctx, H=%d KVH=%d D=%d block=%d: %.1f us, %.0f GB/s (K+V)\n",
-                    dtype_name(dt), S, ctx, H, KVH, D, bs, ms * 1e3, bytes / (ms * 1e-3) / 1e9);
+        std::printf("[timing] %s decode %d seqs x %d ctx, H=%d KVH=%d D=%d block=%d: %.1f us, %.0f GB/s (K+V) in a "
+                    "graph; %.1f us, %.0f GB/s launched one by one\n",
+                    dtype_name(dt), S, ctx, H, KVH, D, bs, ms * 1e3, bytes / (ms * 1e-3) / 1e9, ms_stream * 1e3,
+                    bytes / (ms_stream * 1e-3) / 1e9);
       }
     }
     // Prefill: Llama-3-8B's shape (2048-token prompt) and Phi-3-mini's (D=96, no GQA, 1024 tokens).
+    if (only == "decode") continue;
     for (auto [T, h, kvh, d] : std::vector<std::array<int, 4>>{{2048, H, KVH, D}, {1024, 32, 32, 96}}) {
       TimedBatch t;
       build_timed(t, 1, T, T, h, kvh, d, 16, dt);
@@ -553,17 +596,33 @@ TEST(CudaAttention, Timing) {
                   dtype_name(dt), T, h, kvh, d, ms * 1e3, flops / (ms * 1e-3) / 1e12);
     }
   }
-  {
+  if (!phi3_only) {
     constexpr int S = 1, ctx = 32768;
     TimedBatch t;
     build_timed(t, S, 1, ctx, H, KVH, D, 16, DType::kF16);
     if (HasFatalFailure()) return;
-    float ms = 0;
-    time_batch(t, DType::kF16, kReps, &ms);
+    float ms = 0, ms_stream = 0;
+    time_batch(t, DType::kF16, kReps, &ms, &ms_stream);
     if (HasFatalFailure()) return;
     const double bytes = 2.0 * S * ctx * KVH * D * 2;
-    std::printf("[timing] float16 decode 1 seq x %d ctx (split-KV), H=%d KVH=%d D=%d: %.1f us, %.0f GB/s\n", ctx, H,
-                KVH, D, ms * 1e3, bytes / (ms * 1e-3) / 1e9);
+    std::printf("[timing] float16 decode 1 seq x %d ctx (split-KV), H=%d KVH=%d D=%d: %.1f us, %.0f GB/s in a graph; "
+                "%.1f us, %.0f GB/s launched one by one\n",
+                ctx, H, KVH, D, ms * 1e3, bytes / (ms * 1e-3) / 1e9, ms_stream * 1e3, bytes / (ms_stream * 1e-3) / 1e9);
+  }
+  // Batch 1 without GQA (Phi-3-mini: H = KVH = 32, D = 96, block 64), short to long contexts.
+  for (int ctx : {256, 1024, 4096}) {
+    if (phi3_ctx > 0 && ctx != phi3_ctx) continue;
+    constexpr int h = 32, kvh = 32, d = 96, bs = 64;
+    TimedBatch t;
+    build_timed(t, 1, 1, ctx, h, kvh, d, bs, DType::kF16);
+    if (HasFatalFailure()) return;
+    float ms = 0, ms_stream = 0;
+    time_batch(t, DType::kF16, 200, &ms, &ms_stream);
+    if (HasFatalFailure()) return;
+    const double bytes = 2.0 * ctx * kvh * d * 2;
+    std::printf("[timing] float16 decode 1 seq x %d ctx, H=%d KVH=%d D=%d block=%d: %.2f us, %.0f GB/s (K+V) in a "
+                "graph; %.2f us launched one by one\n",
+                ctx, h, kvh, d, bs, ms * 1e3, bytes / (ms * 1e-3) / 1e9, ms_stream * 1e3);
   }
 }
 
