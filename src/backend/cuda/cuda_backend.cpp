@@ -59,6 +59,8 @@ CudaBackend::CudaBackend(int device, cudaStream_t stream)
   graphs_enabled_ = !(g && std::string(g) == "0");
   const char* v = std::getenv("KILN_CUDA_GEMV");  // "0": decode linears through cuBLASLt too
   gemv_enabled_ = !(v && std::string(v) == "0");
+  const char* f = std::getenv("KILN_CUDA_FUSION");  // "0": decode blocks as separate ops
+  fusion_enabled_ = !(f && std::string(f) == "0");
   const char* t = std::getenv("KILN_CUDA_TIMING");
   timing_ = t && std::string(t) == "1";
   if (timing_) {
@@ -332,6 +334,44 @@ void CudaBackend::linear(const Tensor& x, const LinearWeight& w, const Tensor* b
     return;
   }
   gemm_->run(x.data, x.dtype, m, w.data.data, w.dtype, w.out_features, w.in_features, b, y.data, y.dtype, stream_);
+}
+
+bool CudaBackend::fuses_block_linears(int64_t num_tokens) const {
+  return fusion_enabled_ && gemv_enabled_ && num_tokens <= cuda::kGemvMaxRows;
+}
+
+bool CudaBackend::fused_gemv(const Tensor& x, int64_t m, const LinearWeight& w, const Tensor* bias, Tensor& y,
+                             const cuda::GemvFusion& fusion) {
+  if (w.quant || !cuda::gemv_supported(x.dtype, w.dtype, y.dtype, m, w.out_features, w.in_features, x.data,
+                                       w.data.data, fusion))
+    return false;
+  cuda::gemv(x.data, x.dtype, m, w.data.data, w.out_features, w.in_features, bias ? bias->as<float>() : nullptr,
+             y.data, y.dtype, stream_, fusion);
+  return true;
+}
+
+void CudaBackend::rmsnorm_linear(const Tensor& x, const Tensor& norm_w, float eps, Tensor& h, const LinearWeight& w,
+                                 const Tensor* bias, Tensor& y) {
+  cuda::GemvFusion f;
+  f.prologue = cuda::GemvFusion::Prologue::kRmsNorm;
+  f.norm_weight = norm_w.as<float>();
+  f.eps = eps;
+  if (!fused_gemv(x, x.numel() / w.in_features, w, bias, y, f)) Backend::rmsnorm_linear(x, norm_w, eps, h, w, bias, y);
+}
+
+void CudaBackend::linear_add(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& tmp, Tensor& residual) {
+  cuda::GemvFusion f;
+  f.add_to_y = true;
+  if (!fused_gemv(x, x.numel() / w.in_features, w, bias, residual, f)) Backend::linear_add(x, w, bias, tmp, residual);
+}
+
+void CudaBackend::silu_mul_linear_add(const Tensor& gate_up, Tensor& act, const LinearWeight& w, const Tensor* bias,
+                                      Tensor& tmp, Tensor& residual) {
+  cuda::GemvFusion f;
+  f.prologue = cuda::GemvFusion::Prologue::kSiluMul;
+  f.add_to_y = true;
+  if (!fused_gemv(gate_up, gate_up.numel() / (2 * w.in_features), w, bias, residual, f))
+    Backend::silu_mul_linear_add(gate_up, act, w, bias, tmp, residual);
 }
 
 void CudaBackend::qkv_rope_kv_write(const Tensor& qkv, const QkvLayout& L, const Tensor& cos_sin,

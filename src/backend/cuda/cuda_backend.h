@@ -19,6 +19,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/cublaslt_gemm.h"
+#include "backend/cuda/gemv.h"
 #include "backend/cuda/kernels.h"
 
 namespace kiln {
@@ -56,6 +57,14 @@ class CudaBackend final : public Backend {
                        const AttentionParams& params, Tensor& out) override;
   void silu_mul(const Tensor& gate_up, Tensor& out) override;
   void add(Tensor& residual, const Tensor& delta) override;
+  // Decode sizes (T <= 4 tokens, 16-bit): each pair is one GEMV (gemv.cu: norm / SiLU as its prologue, the
+  // residual add as its epilogue); where a call cannot be fused, the two ops.
+  bool fuses_block_linears(int64_t num_tokens) const override;
+  void rmsnorm_linear(const Tensor& x, const Tensor& norm_w, float eps, Tensor& h, const LinearWeight& w,
+                      const Tensor* bias, Tensor& y) override;
+  void linear_add(const Tensor& x, const LinearWeight& w, const Tensor* bias, Tensor& tmp, Tensor& residual) override;
+  void silu_mul_linear_add(const Tensor& gate_up, Tensor& act, const LinearWeight& w, const Tensor* bias, Tensor& tmp,
+                           Tensor& residual) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
   void argmax_rows(const Tensor& logits, Tensor& ids) override;
   void synchronize() override;
@@ -92,6 +101,10 @@ class CudaBackend final : public Backend {
   bool capturing_ = false;
   bool graphs_enabled_ = true;  // KILN_CUDA_GRAPHS=0 turns graphs off (for comparisons)
   bool gemv_enabled_ = true;    // KILN_CUDA_GEMV=0: batch 1..4 linears through cuBLASLt (for comparisons)
+  bool fusion_enabled_ = true;  // KILN_CUDA_FUSION=0: decode blocks as separate ops (for comparisons)
+  // Runs y = fused(x) W^T as one GEMV over m rows when gemv.cu can; false (nothing enqueued) otherwise.
+  bool fused_gemv(const Tensor& x, int64_t m, const LinearWeight& w, const Tensor* bias, Tensor& y,
+                  const cuda::GemvFusion& fusion);
   // KILN_CUDA_TIMING=1: GPU time of every forward's ops (events around run_forward_ops), summed per kind
   // (graphed decode steps, other forwards) and printed when the backend goes, next to the wall time between
   // forwards: the gap is host time the GPU waited for.
