@@ -5,7 +5,8 @@
 #        the GPU); phi3: Phi-3-mini shape fp16 (random weights) batch-1 decode and 1024-token TTFT;
 # llama: Llama-3-8B shape fp16 offline throughput at TensorRT-LLM's published lengths;
 # linear: cuBLASLt vs gemv.cu on the linear layers of both shapes; hf: transformers on the same shapes;
-# profile: per-kernel GPU times (ncu) of a Phi-3-mini 1024-token prefill and its decode steps.
+# profile: per-kernel GPU times (ncu) of a Phi-3-mini 1024-token prefill and its decode steps;
+# splits: the decode attention's split cost model swept (kernel times and Phi-3-mini decode).
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -88,6 +89,20 @@ if [[ $what == llama || $what == all ]]; then
     grep "timing" "$OUT/llama3_$1_$2.err"
     python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print(sys.argv[2], 'requests', j['num_requests'], 'concurrency', j['concurrency'], 'out tok/s %.0f' % j['output_tokens_per_s'], 'ttft p50 %.1f ms' % j['ttft_ms']['p50'], 'itl p50 %.2f ms' % j['itl_ms']['p50'])" "$OUT/llama3_$1_$2.json" "llama3 $1/$2" || tail -3 "$OUT/llama3_$1_$2.err"
   done
+fi
+
+# The decode attention's split cost model (KILN_ATTN_SPLIT_COSTS="cta,combine" in keys): kernel times of the
+# decode cases and Phi-3-mini batch-1 decode end to end for a few settings.
+if [[ $what == splits ]]; then
+  engine phi3 bench/shapes/phi-3-mini-128k-instruct.shape.json 64 2048 4096 || echo "phi3 engine failed"
+  for costs in 64,128 128,256 256,512 512,1024; do
+    echo "== split costs $costs"
+    KILN_ATTN_SPLIT_COSTS=$costs KILN_ATTN_TIMING=decode $D/kiln_tests --gtest_filter='CudaAttention.Timing' 2>&1 | grep "\[timing\]"
+    for in_len in 128 1024; do
+      KILN_ATTN_SPLIT_COSTS=$costs $K bench --engine_dir "$WORK/phi3-engine" --input_len $in_len --output_len 256 \
+        --num_requests 3 --concurrency 1 --warmup 1 --json 2>/dev/null | tail -1 | python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print('phi3 b1 input $in_len: decode %.1f tok/s, itl p50 %.3f ms' % (j['decode_tokens_per_s_per_request']['p50'], j['itl_ms']['p50']))"
+    done
+  done 2>&1 | tee "$OUT/splits.txt"
 fi
 
 # Per-kernel GPU times of a 1024-token prefill and 3 decode steps of Phi-3-mini (ncu, graphs off; ncu runs

@@ -50,8 +50,11 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "backend/cuda/float_types.cuh"
 #include "backend/cuda/kernels.h"
@@ -1110,18 +1113,32 @@ int64_t split_chunk(int64_t keys, int64_t splits) {
 // SMs) CTAs of chunk keys each, each with a fixed cost, plus the combine kernel's when s > 1; the smallest
 // cost wins (ties: fewer splits), with chunks of at least kMinChunk keys. base = CTAs per split.
 // Batches of at least 2 CTAs per SM take one split.
+// The cost model's constants, overridable for measurements: KILN_ATTN_SPLIT_COSTS="cta,combine" (keys).
+std::pair<int64_t, int64_t> split_costs() {
+  static const std::pair<int64_t, int64_t> costs = [] {
+    std::pair<int64_t, int64_t> c{kCtaCostKeys, kCombineCostKeys};
+    if (const char* e = std::getenv("KILN_ATTN_SPLIT_COSTS")) {
+      long a = 0, b = 0;
+      if (std::sscanf(e, "%ld,%ld", &a, &b) == 2 && a >= 0 && b >= 0) c = {a, b};
+    }
+    return c;
+  }();
+  return costs;
+}
+
 int decode_splits(const AttentionParams& p, int64_t num_tokens, int64_t max_context_len, int hgroups) {
+  const auto [cta_cost, combine_cost] = split_costs();
   const int64_t base = num_tokens * p.num_kv_heads * hgroups;
   const int64_t sms = device_sms();
   const int64_t keys = std::max<int64_t>(max_key_range(p, max_context_len), 1);
   int64_t best = 1;
   if (base < 2 * sms) {
-    int64_t best_cost = ceil_div(base, sms) * (keys + kCtaCostKeys);
+    int64_t best_cost = ceil_div(base, sms) * (keys + cta_cost);
     for (int64_t n = 2; n <= kMaxSplits; ++n) {
       const int64_t chunk = split_chunk(keys, n);
       if (chunk < kMinChunk) break;
       if (ceil_div(keys, chunk) < n) continue;  // some split would be empty
-      const int64_t cost = ceil_div(base * n, sms) * (chunk + kCtaCostKeys) + kCombineCostKeys;
+      const int64_t cost = ceil_div(base * n, sms) * (chunk + cta_cost) + combine_cost;
       if (cost < best_cost) {
         best = n;
         best_cost = cost;

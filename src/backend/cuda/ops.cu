@@ -523,7 +523,22 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab, i
   const float* row = logits + blockIdx.x * vocab;
   float v = row[0];
   int i = 0;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
+  // Four loads in flight per thread (a row is a few hundred KB read by one block: latency-bound otherwise);
+  // each thread still visits its indices in rising order.
+  const int64_t step = blockDim.x;
+  int64_t j = threadIdx.x;
+  for (; j + 3 * step < vocab; j += 4 * step) {
+    float a[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) a[u] = row[j + u * step];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (a[u] > v) {
+        v = a[u];
+        i = static_cast<int>(j + u * step);
+      }
+  }
+  for (; j < vocab; j += step)
     if (row[j] > v) {
       v = row[j];
       i = static_cast<int>(j);
