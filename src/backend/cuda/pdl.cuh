@@ -2,8 +2,10 @@
 // kernel before it on the stream is still running, so its launch latency and its loads of immutable data
 // (weights) overlap the predecessor's tail. The contract every such kernel keeps:
 //   - nothing produced or consumed by earlier kernels (activations, KV cache, workspaces) is read or
-//     written before `pdl_wait()`, which returns once every earlier kernel has finished and its writes
+//     written before `pdl_wait()`, which returns once the kernel before it has finished and its writes
 //     are visible; weights and other data fixed for the life of the engine may be read before it;
+//   - every block calls `pdl_wait()` before it ends, even one that touches no activations: the wait covers
+//     only the kernel just before, so "finished" stays transitive only if every kernel waits;
 //   - `pdl_launch_dependents()` (optional) lets the next kernel be scheduled before this one ends; a kernel
 //     that never calls it lets the next one start when its blocks exit.
 // On pre-Hopper devices, or with KILN_CUDA_PDL=0, launches are ordinary and both calls are no-ops.
