@@ -26,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max
 if [[ $what == tests || $what == all ]]; then
   $D/kiln_tests --gtest_filter='Cuda*:*/Cuda*' >"$OUT/tests.log" 2>&1
   echo "tests exit $?"
-  grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|^\[ *OK|Failure|error|kernel time|GB/s|TFLOP" "$OUT/tests.log" | tail -60
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|^\[ *OK|Failure|error|kernel time|GB/s|TFLOP|rope" "$OUT/tests.log" | tail -60
 fi
 
 if [[ $what == linear || $what == all ]]; then
@@ -55,9 +55,9 @@ if [[ $what == phi3 || $what == all ]]; then
   grep "timing" "$OUT/phi3_decode_b1.err"
   KILN_CUDA_GRAPHS=0 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 \
     --concurrency 1 --warmup 1 --json >"$OUT/phi3_decode_b1_nographs.json" 2>"$OUT/phi3_decode_b1_nographs.err"
-  for off in PDL FUSION; do  # each feature switched off in turn, for comparison
-    name=phi3_decode_b1_no$(echo $off | tr A-Z a-z)
-    env KILN_CUDA_$off=0 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 \
+  for off in PDL FUSION ROPE_FUSION; do  # each feature switched off in turn, for comparison
+    name=phi3_decode_b1_no$(echo $off | tr A-Z a-z | tr -d _)
+    env KILN_CUDA_$off=0 KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 \
       --concurrency 1 --warmup 1 --json >"$OUT/$name.json" 2>"$OUT/$name.err"
   done
   KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/phi3-engine" --input_len 1024 --output_len 1 --num_requests 6 --concurrency 1 \
@@ -67,7 +67,7 @@ import json, sys, os
 out = sys.argv[1]
 with open(os.path.join(out, "phi3.jsonl"), "w") as all_:
     for f in ("phi3_decode_b1.json", "phi3_decode_b1_nographs.json", "phi3_decode_b1_nopdl.json",
-              "phi3_decode_b1_nofusion.json", "phi3_ttft_1024.json"):
+              "phi3_decode_b1_nofusion.json", "phi3_decode_b1_noropefusion.json", "phi3_ttft_1024.json"):
         try:
             j = json.loads(open(os.path.join(out, f)).read().strip().splitlines()[-1])
         except Exception as e:

@@ -152,6 +152,14 @@ class Backend {
   // Causal attention of each new token over its sequence's paged KV.  q, out [T, H * D]
   virtual void paged_attention(const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
                                const AttentionParams& params, Tensor& out) = 0;
+  // qkv_rope_kv_write then paged_attention (q_scratch: the q between them). A GPU folds a decode step's RoPE
+  // and KV write into the attention kernel, with the same results; q_scratch may then stay unwritten.
+  virtual void rope_kv_write_attention(const Tensor& qkv, const QkvLayout& layout, const Tensor& cos_sin,
+                                       const AttentionBatch& batch, KvLayer& kv, Tensor& q_scratch,
+                                       const AttentionParams& params, Tensor& out) {
+    qkv_rope_kv_write(qkv, layout, cos_sin, batch, kv, q_scratch);
+    paged_attention(q_scratch, kv, batch, params, out);
+  }
   // out = silu(gate) * up                           gate_up [T, 2 * I] (gate | up), out [T, I]
   virtual void silu_mul(const Tensor& gate_up, Tensor& out) = 0;
   // residual += delta (the sum rounded to the activation type)   [rows, dim]

@@ -232,9 +232,8 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
       }
       qkv_layout.q_norm = bias(w.q_norm);
       qkv_layout.k_norm = bias(w.k_norm);
-      backend_.qkv_rope_kv_write(qkv, qkv_layout, cos_sin, batch.attention, kv.layers[l], q);
       attn_params.window = attention_window(l);
-      backend_.paged_attention(q, kv.layers[l], batch.attention, attn_params, attn);
+      backend_.rope_kv_write_attention(qkv, qkv_layout, cos_sin, batch.attention, kv.layers[l], q, attn_params, attn);
       if (fused) {
         backend_.linear_add(attn, w.o, bias(w.o_bias), proj, x);
         backend_.rmsnorm_linear(x, w.mlp_norm, eps, h, w.gate_up, bias(w.gate_up_bias), gate_up);

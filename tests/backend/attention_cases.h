@@ -29,4 +29,19 @@ inline std::string describe(const AttentionCase& c) {
          " block=" + std::to_string(c.block_size);
 }
 
+// A case of the fused decode op (qkv_rope_kv_write + decode attention in one kernel): every sequence adds one
+// token; rotary over the whole head.
+struct RopeAttentionCase {
+  DType dtype;
+  int head_dim;
+  int num_heads;
+  int num_kv_heads;
+  int block_size;
+};
+
+inline std::string describe(const RopeAttentionCase& c) {
+  return std::string(dtype_name(c.dtype)) + " d=" + std::to_string(c.head_dim) + " H=" + std::to_string(c.num_heads) +
+         " KVH=" + std::to_string(c.num_kv_heads) + " block=" + std::to_string(c.block_size) + " (rope fused)";
+}
+
 }  // namespace kiln::test

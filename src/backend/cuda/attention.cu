@@ -140,6 +140,10 @@ struct DecodeArgs {
   int32_t max_blocks_per_seq, block_size, block_shift;
   int32_t H, KVH, d, rep, hgroups, window, chunk, num_splits;
   float scale_log2;   // scale * log2(e)
+  // decode_mma_kernel only: q's row stride in elements (H * d; fused with RoPE, q is the qkv buffer:
+  // (H + 2 * KVH) * d), and the fused kernel's cos_sin [T, d] f32.
+  int64_t q_stride;
+  const float* cos_sin;
 };
 
 // grid (T, KVH * hgroups, num_splits), block kThreads. CTA (t, g * hgroups + hg, split): token t, query
@@ -462,6 +466,16 @@ __device__ __forceinline__ uint32_t pack2(float x, float y) {
   } else {
     const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
     return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
+// The inverse: one register of two T -> two floats (exact).
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t u) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half22float2(*reinterpret_cast<const __half2*>(&u));
+  } else {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u));
   }
 }
 
@@ -841,6 +855,9 @@ struct DecodeMmaCfg {
   static constexpr int OP = D + 4;                  // merge row pitch (floats): conflict-free float2 stores
   static constexpr int MERGE_BYTES = NW * ROWS * OP * 4 + 2 * NW * ROWS * 4;
   static constexpr int SMEM = RING_BYTES > MERGE_BYTES ? RING_BYTES : MERGE_BYTES;
+  // Fused with RoPE: the new token's K and V rows ([2][D] of 16-bit) after the ring.
+  static constexpr int NEW_BYTES = 2 * D * 2;
+  static constexpr int SMEM_FUSED = RING_BYTES + NEW_BYTES > MERGE_BYTES ? RING_BYTES + NEW_BYTES : MERGE_BYTES;
   static_assert(D % 16 == 0 && (BN * CH) % 32 == 0, "whole k-steps and whole chunk rounds per lane");
   static_assert(STAGES >= 2, "at least double buffering");
 };
@@ -851,7 +868,14 @@ struct DecodeMmaCfg {
 // one KV block when block_size >= 16, and the keys outside [begin, end) of the first and last tiles are
 // neither read, the copy zero-fills them, nor scored); warp w takes tiles w, w + NW, ... Each warp keeps
 // its own online softmax (f32, log2 units) in the mma accumulator layout; the warps are merged at the end.
-template <typename T, class C>
+//
+// FUSED (the decode step's RoPE and KV write folded in, rope_kv_write_attention): a.q is the qkv buffer; the
+// query rows are rotated in registers (rope_pair, rounded to T as qkv_rope_kv_write rounds q_out); the CTA
+// whose split holds the token's position pos (the last key of its range) has the warp owning pos's tile
+// compute pos's roped K and its V from qkv into shared memory past the ring, write them to the cache (the
+// CTA of head group 0 only; the others compute the same bits and keep them), and place them into its ring
+// stage instead of loading that row: no CTA reads the row from memory in this kernel.
+template <typename T, class C, bool FUSED = false>
 __global__ void __launch_bounds__(C::THREADS) decode_mma_kernel(const DecodeArgs a) {
   constexpr int D = C::D, NW = C::NW, BN = C::BN, PT = C::PT, CH = C::CH, S = C::STAGES, OP = C::OP;
   constexpr int ROWS = C::ROWS;
@@ -881,6 +905,9 @@ __global__ void __launch_bounds__(C::THREADS) decode_mma_kernel(const DecodeArgs
   const T* vpool = static_cast<const T*>(a.v);
   const int32_t* table = a.block_tables + static_cast<int64_t>(s) * a.max_blocks_per_seq;
   const bool whole_blocks = a.block_size >= BN;
+  // FUSED: does this CTA's split hold the token's own position (then its tile, and the warp owning it)?
+  const bool has_new = FUSED && end > begin && end == pos + 1;
+  const int new_tile = (pos - key0) / BN;
 
   // The warp's i-th tile into stage i % S. Lane chunk c = lane + 32k: row c / CH, 16 bytes at col c % CH
   // (a warp reads 32 consecutive 16-byte chunks of a block's rows: coalesced).
@@ -898,7 +925,7 @@ __global__ void __launch_bounds__(C::THREADS) decode_mma_kernel(const DecodeArgs
       const int c = lane + 32 * k;
       const int r = c / CH, col = c % CH;
       const int j = kb + r;
-      const bool ok = j >= begin && j < end;
+      const bool ok = j >= begin && j < end && !(has_new && j == pos);
       int64_t off = 0;
       if (ok) {
         if (whole_blocks) {
@@ -918,11 +945,39 @@ __global__ void __launch_bounds__(C::THREADS) decode_mma_kernel(const DecodeArgs
     cp_async_commit();
   }
 
+  // FUSED: the warp owning pos's tile loads pos's k and v rows and their cos / sin now, so that these loads
+  // overlap the q loads (rotated and stored after them, below).
+  using P8 = Pack<T, 8>;
+  static_assert(!FUSED || (D % 32 == 0 && D / 8 <= 32), "whole rotary k-steps; a v chunk per lane");
+  const bool new_warp = has_new && warp == new_tile % NW;
+  P8 nk1{}, nk2{}, nv{};
+  float4 nc0{}, nc1{}, ns0{}, ns1{};
+  int64_t new_row = 0;
+  if constexpr (FUSED) {
+    if (new_warp) {
+      const T* ksrc = static_cast<const T*>(a.q) + static_cast<int64_t>(t) * a.q_stride + (a.H + g) * D;
+      const float* cs = a.cos_sin + static_cast<int64_t>(t) * D;
+      if (lane < D / 16) {
+        nk1 = *reinterpret_cast<const P8*>(ksrc + lane * 8);
+        nk2 = *reinterpret_cast<const P8*>(ksrc + D / 2 + lane * 8);
+        nc0 = *reinterpret_cast<const float4*>(cs + lane * 8);
+        nc1 = *reinterpret_cast<const float4*>(cs + lane * 8 + 4);
+        ns0 = *reinterpret_cast<const float4*>(cs + D / 2 + lane * 8);
+        ns1 = *reinterpret_cast<const float4*>(cs + D / 2 + lane * 8 + 4);
+      }
+      if (lane < CH) nv = *reinterpret_cast<const P8*>(ksrc + a.KVH * D + lane * 8);
+      if (hg == 0) {
+        const int64_t blk = table[pos >> a.block_shift];
+        new_row = ((blk * a.KVH + g) * a.block_size + (pos & (a.block_size - 1))) * D;
+      }
+    }
+  }
+
   // Q as the A fragments of every k-step (rows = heads; rows past `rows` are zero).
   const int gq = lane / 4, qq = lane % 4;
   uint32_t qf[D / 16][4];
   {
-    const T* qb = static_cast<const T*>(a.q) + (static_cast<int64_t>(t) * a.H + g * a.rep + head0) * D + 2 * qq;
+    const T* qb = static_cast<const T*>(a.q) + static_cast<int64_t>(t) * a.q_stride + (g * a.rep + head0) * D + 2 * qq;
     const bool r0 = gq < rows, r1 = gq + 8 < rows;
     const uint32_t* q0 = reinterpret_cast<const uint32_t*>(qb + gq * D);
     const uint32_t* q1 = reinterpret_cast<const uint32_t*>(qb + (gq + 8) * D);
@@ -932,6 +987,62 @@ __global__ void __launch_bounds__(C::THREADS) decode_mma_kernel(const DecodeArgs
       qf[kk][1] = r1 ? q1[kk * 8] : 0u;
       qf[kk][2] = r0 ? q0[kk * 8 + 4] : 0u;
       qf[kk][3] = r1 ? q1[kk * 8 + 4] : 0u;
+    }
+    if constexpr (FUSED) {
+      // Rotate-half pairs (c, c + D / 2) sit in the same register of k-steps kk and kk + D / 32.
+      constexpr int KH = D / 32;
+      const float* cs = a.cos_sin + static_cast<int64_t>(t) * D;
+#pragma unroll
+      for (int kk = 0; kk < KH; ++kk)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = kk * 16 + 2 * qq + (e >= 2 ? 8 : 0);
+          const float2 c = *reinterpret_cast<const float2*>(cs + col);
+          const float2 sn = *reinterpret_cast<const float2*>(cs + D / 2 + col);
+          const float2 x1 = unpack2<T>(qf[kk][e]), x2 = unpack2<T>(qf[kk + KH][e]);
+          float a1, a2, b1, b2;
+          rope_pair(x1.x, x2.x, c.x, sn.x, a1, a2);
+          rope_pair(x1.y, x2.y, c.y, sn.y, b1, b2);
+          const bool live = (e & 1) ? r1 : r0;
+          qf[kk][e] = live ? pack2<T>(a1, b1) : 0u;
+          qf[kk + KH][e] = live ? pack2<T>(a2, b2) : 0u;
+        }
+    }
+  }
+
+  // FUSED: the new key and value of position pos ([2][D] of T past the ring), by the warp owning its tile,
+  // from the values loaded above: lane c < D / 16 rotates k chunk c (dims 8c..) with chunk c + D / 16, lane
+  // c < D / 8 copies v chunk c.
+  T* const s_new = reinterpret_cast<T*>(dyn_smem + C::RING_BYTES);
+  if constexpr (FUSED) {
+    if (new_warp) {
+      constexpr int HALF = D / 2;
+      const bool store = hg == 0;  // one writer per (token, kv head)
+      T* const kdst = const_cast<T*>(kpool) + new_row;
+      T* const vdst = const_cast<T*>(vpool) + new_row;
+      if (lane < HALF / 8) {
+        const float cv[8] = {nc0.x, nc0.y, nc0.z, nc0.w, nc1.x, nc1.y, nc1.z, nc1.w};
+        const float sv[8] = {ns0.x, ns0.y, ns0.z, ns0.w, ns1.x, ns1.y, ns1.z, ns1.w};
+        P8 y1, y2;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          float f1, f2;
+          rope_pair(to_f32(nk1.v[e]), to_f32(nk2.v[e]), cv[e], sv[e], f1, f2);
+          y1.v[e] = from_f32<T>(f1);
+          y2.v[e] = from_f32<T>(f2);
+        }
+        *reinterpret_cast<P8*>(s_new + lane * 8) = y1;
+        *reinterpret_cast<P8*>(s_new + HALF + lane * 8) = y2;
+        if (store) {
+          *reinterpret_cast<P8*>(kdst + lane * 8) = y1;
+          *reinterpret_cast<P8*>(kdst + HALF + lane * 8) = y2;
+        }
+      }
+      if (lane < CH) {
+        *reinterpret_cast<P8*>(s_new + D + lane * 8) = nv;
+        if (store) *reinterpret_cast<P8*>(vdst + lane * 8) = nv;
+      }
+      __syncwarp();
     }
   }
 
@@ -949,6 +1060,18 @@ __global__ void __launch_bounds__(C::THREADS) decode_mma_kernel(const DecodeArgs
     cp_async_commit();
     const T* K = ring + (i % S) * C::TILE_ELEMS;
     const T* V = K + BN * PT;
+    if constexpr (FUSED) {
+      if (has_new && warp + i * NW == new_tile) {
+        // pos's row (zero-filled by the copy) from s_new.
+        T* const dst = ring + (i % S) * C::TILE_ELEMS + (pos - (key0 + new_tile * BN)) * PT;
+        for (int c = lane; c < 2 * CH; c += 32) {
+          const int which = c / CH, col = c % CH;
+          *reinterpret_cast<uint4*>(dst + which * BN * PT + col * 8) =
+              *reinterpret_cast<const uint4*>(s_new + which * D + col * 8);
+        }
+        __syncwarp();
+      }
+    }
 
     // S [16 heads x 16 keys] = Q K^T.
     float sc[2][4];
@@ -1215,36 +1338,39 @@ void launch_decode_d(const DecodeArgs& a, int G, int64_t T_, cudaStream_t stream
   }
 }
 
-template <typename T, class C>
+template <typename T, class C, bool FUSED>
 void launch_decode_mma(const DecodeArgs& a, int64_t items, cudaStream_t stream) {
-  if constexpr (C::SMEM > 48 * 1024) {
+  constexpr int kSmem = FUSED ? C::SMEM_FUSED : C::SMEM;
+  if constexpr (kSmem > 48 * 1024) {
     // Once per device (the attribute is per device context).
     static std::atomic<uint64_t> raised{0};
     int dev = 0;
     check_error(cudaGetDevice(&dev), "paged_attention (decode)");
     const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
     if (bit == 0 || !(raised.load(std::memory_order_relaxed) & bit)) {
-      const cudaError_t e = cudaFuncSetAttribute(decode_mma_kernel<T, C>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+      const cudaError_t e = cudaFuncSetAttribute(decode_mma_kernel<T, C, FUSED>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       KILN_CHECK(e == cudaSuccess, std::string("paged_attention: cudaFuncSetAttribute(") +
-                                       std::to_string(C::SMEM) + " bytes of shared memory) failed: " +
+                                       std::to_string(kSmem) + " bytes of shared memory) failed: " +
                                        cudaGetErrorString(e));
       raised.fetch_or(bit, std::memory_order_relaxed);
     }
   }
-  check_error(launch_kernel(decode_mma_kernel<T, C>, decode_grid(a, items), dim3(C::THREADS),
-                            static_cast<size_t>(C::SMEM), stream, a),
+  check_error(launch_kernel(decode_mma_kernel<T, C, FUSED>, decode_grid(a, items), dim3(C::THREADS),
+                            static_cast<size_t>(kSmem), stream, a),
               "paged_attention (decode)");
 }
 
-template <typename T>
+template <typename T, bool FUSED = false>
 void launch_decode_mma_d(const DecodeArgs& a, int64_t items, cudaStream_t stream) {
+  if constexpr (!FUSED) {  // head dim 16 has no whole rotary k-steps: never fused
+    if (a.d == 16) return launch_decode_mma<T, DecodeMmaCfg<16, 4>, false>(a, items, stream);
+  }
   switch (a.d) {
-    case 16: launch_decode_mma<T, DecodeMmaCfg<16, 4>>(a, items, stream); return;
-    case 32: launch_decode_mma<T, DecodeMmaCfg<32, 4>>(a, items, stream); return;
-    case 64: launch_decode_mma<T, DecodeMmaCfg<64, 4>>(a, items, stream); return;
-    case 96: launch_decode_mma<T, DecodeMmaCfg<96, 3>>(a, items, stream); return;
-    case 128: launch_decode_mma<T, DecodeMmaCfg<128, 3>>(a, items, stream); return;
+    case 32: launch_decode_mma<T, DecodeMmaCfg<32, 4>, FUSED>(a, items, stream); return;
+    case 64: launch_decode_mma<T, DecodeMmaCfg<64, 4>, FUSED>(a, items, stream); return;
+    case 96: launch_decode_mma<T, DecodeMmaCfg<96, 3>, FUSED>(a, items, stream); return;
+    case 128: launch_decode_mma<T, DecodeMmaCfg<128, 3>, FUSED>(a, items, stream); return;
     default:
       KILN_CHECK(false, "paged_attention: head_dim " + std::to_string(a.d) + " has no mma decode kernel");
   }
@@ -1287,9 +1413,11 @@ void launch_prefill_d(const PrefillArgs& a, int d, int32_t num_seqs, int32_t max
   }
 }
 
+// cos_sin set: fused with RoPE (rope_kv_write_attention; q is the qkv buffer, every token decode, mma kernel).
 template <typename T>
 void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, const AttentionParams& p, void* out,
-                   void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+                   void* workspace, size_t workspace_bytes, cudaStream_t stream, const float* cos_sin = nullptr) {
+  const bool fused = cos_sin != nullptr;
   const int rep = p.num_heads / p.num_kv_heads;
   int shift = 0;
   while ((1 << shift) < b.block_size) ++shift;
@@ -1311,7 +1439,7 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
     prefill_max_new = b.max_prefill_new;
     decode_list = b.num_prefill_seqs > 0 ? b.decode_tokens : nullptr;
     decode_count = b.num_prefill_seqs > 0 ? b.num_decode_tokens : b.num_tokens;
-  } else if (prefill_ok && b.max_num_new > kDecodeMaxNew) {
+  } else if (prefill_ok && b.max_num_new > kDecodeMaxNew && !fused) {
     prefill_count = b.num_seqs;
     prefill_max_new = b.max_num_new;
     decode_count = 0;
@@ -1343,6 +1471,8 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
   if (decode_count <= 0) return;
 
   const bool mma = decode_uses_mma(kF32, p.head_dim);
+  KILN_CHECK(!fused || (mma && prefill_count == 0 && decode_list == nullptr),
+             "rope_kv_write_attention: not a decode batch for the mma kernel");
   const int hgroups = decode_hgroups(rep, mma);
   const int splits = decode_splits(p, decode_count, b.max_context_len, hgroups);
   const size_t need = decode_workspace_bytes(p, decode_count, splits);
@@ -1377,8 +1507,13 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
   a.chunk = static_cast<int>(split_chunk(std::max<int64_t>(max_key_range(p, b.max_context_len), 1), splits));
   a.num_splits = splits;
   a.scale_log2 = scale_log2;
+  a.q_stride = static_cast<int64_t>(fused ? p.num_heads + 2 * p.num_kv_heads : p.num_heads) * p.head_dim;
+  a.cos_sin = cos_sin;
   if (mma) {
-    if constexpr (!kF32) launch_decode_mma_d<T>(a, decode_count, stream);
+    if constexpr (!kF32) {
+      if (fused) launch_decode_mma_d<T, true>(a, decode_count, stream);
+      else launch_decode_mma_d<T>(a, decode_count, stream);
+    }
   } else {
     launch_decode_d<T>(a, decode_group(rep), decode_count, stream);
   }
@@ -1442,6 +1577,32 @@ void paged_attention(const void* q, DType act, const DeviceKv& kv, const DeviceB
     case DType::kF16: run_attention<__half>(q, kv, b, p, out, workspace, workspace_bytes, stream); break;
     default: run_attention<__nv_bfloat16>(q, kv, b, p, out, workspace, workspace_bytes, stream); break;
   }
+}
+
+bool rope_attention_fusable(const void* qkv, DType act, const QkvParams& qp, const float* cos_sin,
+                            const DeviceBatch& b, const DeviceKv& kv, const AttentionParams& p, const void* out) {
+  return (act == DType::kF16 || act == DType::kBF16) && kv.dtype == act && b.num_tokens > 0 &&
+         b.max_num_new == 1 && b.num_prefill_seqs == 0 && qp.num_heads == p.num_heads &&
+         qp.num_kv_heads == p.num_kv_heads && qp.head_dim == p.head_dim && qp.rotary_dim == qp.head_dim &&
+         !qp.q_norm && !qp.k_norm && p.num_kv_heads > 0 && p.num_heads % p.num_kv_heads == 0 &&
+         decode_uses_mma(false, p.head_dim) && p.head_dim % 32 == 0 && kv.num_kv_heads == p.num_kv_heads &&
+         kv.head_dim == p.head_dim && b.block_size > 0 && (b.block_size & (b.block_size - 1)) == 0 && qkv &&
+         cos_sin && out && kv.k && kv.v && is_aligned(qkv, 16) && is_aligned(cos_sin, 16) && is_aligned(out, 16) &&
+         is_aligned(kv.k, 16) && is_aligned(kv.v, 16);
+}
+
+void rope_kv_write_attention(const void* qkv, DType act, const QkvParams& qp, const float* cos_sin,
+                             const DeviceBatch& b, const DeviceKv& kv, const AttentionParams& p, void* out,
+                             void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  check_params(p);
+  KILN_CHECK(rope_attention_fusable(qkv, act, qp, cos_sin, b, kv, p, out),
+             "rope_kv_write_attention: outside the fused op's scope (see rope_attention_fusable)");
+  KILN_CHECK(b.max_context_len >= 1 && b.token_seq && b.token_pos && b.block_tables,
+             "rope_kv_write_attention: bad batch");
+  KILN_CHECK(workspace == nullptr || is_aligned(workspace, 16),
+             "rope_kv_write_attention: workspace not 16-byte aligned");
+  if (act == DType::kF16) run_attention<__half>(qkv, kv, b, p, out, workspace, workspace_bytes, stream, cos_sin);
+  else run_attention<__nv_bfloat16>(qkv, kv, b, p, out, workspace, workspace_bytes, stream, cos_sin);
 }
 
 }  // namespace kiln::cuda

@@ -61,6 +61,8 @@ CudaBackend::CudaBackend(int device, cudaStream_t stream)
   gemv_enabled_ = !(v && std::string(v) == "0");
   const char* f = std::getenv("KILN_CUDA_FUSION");  // "0": decode blocks as separate ops
   fusion_enabled_ = !(f && std::string(f) == "0");
+  const char* rf = std::getenv("KILN_CUDA_ROPE_FUSION");  // "0": decode RoPE / KV write as its own kernel
+  rope_fusion_enabled_ = !(rf && std::string(rf) == "0");
   const char* t = std::getenv("KILN_CUDA_TIMING");
   timing_ = t && std::string(t) == "1";
   if (timing_) {
@@ -393,6 +395,29 @@ void CudaBackend::paged_attention(const Tensor& q, const KvLayer& kv, const Atte
   const size_t ws = cuda::attention_workspace_bytes(p, batch_.num_tokens, batch_.max_context_len);
   void* w = ws ? scratch(attn_workspace_, ws) : nullptr;
   cuda::paged_attention(q.data, q.dtype, device_kv(kv), batch_, p, out.data, w, ws, stream_);
+}
+
+void CudaBackend::rope_kv_write_attention(const Tensor& qkv, const QkvLayout& L, const Tensor& cos_sin,
+                                          const AttentionBatch& batch, KvLayer& kv, Tensor& q_scratch,
+                                          const AttentionParams& P, Tensor& out) {
+  KILN_CHECK(&batch == batch_src_, "cuda backend: begin_forward was not called for this batch");
+  const cuda::QkvParams qp{L.num_heads, L.num_kv_heads, L.head_dim, L.rotary_dim, L.norm_eps,
+                           L.q_norm ? L.q_norm->as<float>() : nullptr, L.k_norm ? L.k_norm->as<float>() : nullptr};
+  const cuda::AttentionParams p{P.num_heads, P.num_kv_heads, P.head_dim, P.scale, P.window};
+  const cuda::DeviceKv dkv = device_kv(kv);
+  if (!rope_fusion_enabled_ || qkv.dtype != out.dtype || cos_sin.dtype != DType::kF32 ||
+      !cuda::rope_attention_fusable(qkv.data, qkv.dtype, qp, cos_sin.as<float>(), batch_, dkv, p, out.data)) {
+    Backend::rope_kv_write_attention(qkv, L, cos_sin, batch, kv, q_scratch, P, out);
+    return;
+  }
+  if (!capturing_) {
+    attention_shape_ = p;
+    attention_shape_->window = 0;  // as paged_attention: the largest workspace any layer needs
+  }
+  const size_t ws = cuda::attention_workspace_bytes(p, batch_.num_tokens, batch_.max_context_len);
+  void* w = ws ? scratch(attn_workspace_, ws) : nullptr;
+  cuda::rope_kv_write_attention(qkv.data, qkv.dtype, qp, cos_sin.as<float>(), batch_, dkv, p, out.data, w, ws,
+                                stream_);
 }
 
 Result<std::string> CudaBackend::tune_linears(const std::vector<LinearShape>& shapes, DType weights,

@@ -55,6 +55,11 @@ class CudaBackend final : public Backend {
                          const AttentionBatch& batch, KvLayer& kv, Tensor& q_out) override;
   void paged_attention(const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
                        const AttentionParams& params, Tensor& out) override;
+  // Decode steps (one new token per sequence, f16/bf16, full rotary, no q/k norm): one attention kernel that
+  // also applies RoPE and writes the KV (attention.cu); otherwise the two ops.
+  void rope_kv_write_attention(const Tensor& qkv, const QkvLayout& layout, const Tensor& cos_sin,
+                               const AttentionBatch& batch, KvLayer& kv, Tensor& q_scratch,
+                               const AttentionParams& params, Tensor& out) override;
   void silu_mul(const Tensor& gate_up, Tensor& out) override;
   void add(Tensor& residual, const Tensor& delta) override;
   // Decode sizes (T <= 4 tokens, 16-bit): each pair is one GEMV (gemv.cu: norm / SiLU as its prologue, the
@@ -102,6 +107,7 @@ class CudaBackend final : public Backend {
   bool graphs_enabled_ = true;  // KILN_CUDA_GRAPHS=0 turns graphs off (for comparisons)
   bool gemv_enabled_ = true;    // KILN_CUDA_GEMV=0: batch 1..4 linears through cuBLASLt (for comparisons)
   bool fusion_enabled_ = true;  // KILN_CUDA_FUSION=0: decode blocks as separate ops (for comparisons)
+  bool rope_fusion_enabled_ = true;  // KILN_CUDA_ROPE_FUSION=0: decode RoPE / KV write as its own kernel
   // Runs y = fused(x) W^T as one GEMV over m rows when gemv.cu can; false (nothing enqueued) otherwise.
   bool fused_gemv(const Tensor& x, int64_t m, const LinearWeight& w, const Tensor* bias, Tensor& y,
                   const cuda::GemvFusion& fusion);

@@ -20,4 +20,12 @@ __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2hal
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// Rotate-half RoPE of one pair (x1 at dim i, x2 at dim i + rotary_dim / 2) with cos c and sin s:
+// y1 = x1 c - x2 s, y2 = x2 c + x1 s in f32 with explicit roundings (no contraction left to the compiler),
+// so that qkv_rope_kv_write (ops.cu) and the fused decode attention (attention.cu) give the same bits.
+__device__ __forceinline__ void rope_pair(float x1, float x2, float c, float s, float& y1, float& y2) {
+  y1 = __fmaf_rn(x1, c, -__fmul_rn(x2, s));
+  y2 = __fmaf_rn(x2, c, __fmul_rn(x1, s));
+}
+
 }  // namespace kiln::cuda

@@ -110,4 +110,18 @@ size_t attention_workspace_bytes(const AttentionParams& p, int32_t max_tokens, i
 void paged_attention(const void* q, DType act, const DeviceKv& kv, const DeviceBatch& b, const AttentionParams& p,
                      void* out, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
+// qkv_rope_kv_write then paged_attention in one kernel (plus the split combine) for a decode step: the decode
+// attention CTAs read their query heads straight from qkv [T, (H + 2 * KVH) * D] and rotate them, and the
+// CTA whose split holds the token's own position computes its roped K and its V, writes them to the KV cache
+// (query-head group 0 only) and attends to them; no q buffer is written. Same bits as the two ops (K/V
+// cache and output). Applies when rope_attention_fusable says so: f16/bf16 activations and KV, every
+// sequence adding one token (b.max_num_new == 1), full rotary (rotary_dim == head_dim), no q/k norm, head
+// dims 32, 64, 96, 128 (the mma decode kernel's, in whole rotary k-steps), 16-byte aligned qkv, cos_sin,
+// pools and out; any other call fails.
+bool rope_attention_fusable(const void* qkv, DType act, const QkvParams& qp, const float* cos_sin,
+                            const DeviceBatch& b, const DeviceKv& kv, const AttentionParams& p, const void* out);
+void rope_kv_write_attention(const void* qkv, DType act, const QkvParams& qp, const float* cos_sin,
+                             const DeviceBatch& b, const DeviceKv& kv, const AttentionParams& p, void* out,
+                             void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
 }  // namespace kiln::cuda

@@ -365,9 +365,10 @@ __global__ void __launch_bounds__(kQkvWarps * 32)
     const int half = p.rotary_dim / 2;
     const float* cs = cos_sin + t * p.rotary_dim;  // [cos | sin] of this token
     for (int i = lane; i < half; i += 32) {
-      const float x1 = x[i], x2 = x[i + half], c = cs[i], s = cs[half + i];
-      x[i] = x1 * c - x2 * s;
-      x[i + half] = x2 * c + x1 * s;
+      float y1, y2;
+      rope_pair(x[i], x[i + half], cs[i], cs[half + i], y1, y2);
+      x[i] = y1;
+      x[i + half] = y2;
     }
     __syncwarp();
     if (is_q) {
@@ -440,7 +441,13 @@ __global__ void __launch_bounds__(kQkvPackedThreads)
     const int i0 = (low ? gl : gl - half_packs) * V;
     const Pack<float, V> c = load_pack<float, V>(cs + i0), sn = load_pack<float, V>(cs + half + i0);
 #pragma unroll
-    for (int j = 0; j < V; ++j) x[j] = low ? x[j] * c.v[j] - y[j] * sn.v[j] : x[j] * c.v[j] + y[j] * sn.v[j];
+    for (int j = 0; j < V; ++j) {
+      // This lane's element is x1 (low half) or x2 of its pair; y[j] is the partner.
+      float r1, r2;
+      if (low) rope_pair(x[j], y[j], c.v[j], sn.v[j], r1, r2);
+      else rope_pair(y[j], x[j], c.v[j], sn.v[j], r1, r2);
+      x[j] = low ? r1 : r2;
+    }
     if (is_q) {
       Pack<TA, V> o;
 #pragma unroll

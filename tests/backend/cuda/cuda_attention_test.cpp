@@ -433,6 +433,214 @@ TEST(CudaAttention, F32OddHeadDims) {
     }
 }
 
+// ---------------------------------------------------------------- RoPE fused into decode attention
+
+// Decode batches (one new token per sequence at `contexts`): rope_kv_write_attention against
+// qkv_rope_kv_write followed by paged_attention, on two copies of the same pools: the outputs and the whole
+// K/V pools must be the same bits. bucket: max_context_len rounded up as the backend's graphed steps do.
+void check_rope_fused(const test::RopeAttentionCase& c, const std::vector<int32_t>& contexts, bool bucket,
+                      uint32_t seed) {
+  std::string ctxs = "contexts:";
+  for (int32_t x : contexts) ctxs += " " + std::to_string(x);
+  SCOPED_TRACE(describe(c) + " " + ctxs + (bucket ? " (bucketed max_context_len)" : ""));
+  std::mt19937 rng(seed);
+  Rng frng(seed);
+  const int d = c.head_dim, H = c.num_heads, KVH = c.num_kv_heads, bs = c.block_size;
+  const size_t esize = dtype_size(c.dtype);
+  const int S = static_cast<int>(contexts.size()), T = S;
+  int64_t total_blocks = 2;
+  int32_t max_blocks = 0, max_ctx = 0;
+  for (int32_t ctx : contexts) {
+    const int32_t nb = (ctx + bs - 1) / bs;
+    total_blocks += nb;
+    max_blocks = std::max(max_blocks, nb);
+    max_ctx = std::max(max_ctx, ctx);
+  }
+  if (bucket) {
+    int32_t b = 1;
+    while (b < max_blocks) b *= 2;
+    max_ctx = b * bs;
+  }
+  std::vector<int32_t> ids(total_blocks);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  const int32_t mbps = max_blocks + 1;
+  std::vector<int32_t> tables(static_cast<size_t>(S) * mbps, 0);
+  std::vector<int32_t> tseq, tpos, first, nnew, cl;
+  size_t next = 0;
+  for (int s = 0; s < S; ++s) {
+    const int32_t nb = (contexts[s] + bs - 1) / bs;
+    for (int32_t i = 0; i < nb; ++i) tables[static_cast<size_t>(s) * mbps + i] = ids[next++];
+    tseq.push_back(s);
+    tpos.push_back(contexts[s] - 1);
+    first.push_back(s);
+    nnew.push_back(1);
+    cl.push_back(contexts[s]);
+  }
+  // Pools: random everywhere but the new tokens' rows, which hold NaN until written.
+  const size_t pool_n = static_cast<size_t>(total_blocks) * KVH * bs * d;
+  std::vector<uint8_t> kpool(pool_n * esize), vpool(pool_n * esize);
+  {
+    std::vector<float> f(pool_n);
+    for (int kv = 0; kv < 2; ++kv) {
+      for (auto& x : f) x = frng.sym(1.7f);
+      for (int s = 0; s < S; ++s) {
+        const int32_t p = contexts[s] - 1;
+        const int64_t blk = tables[static_cast<size_t>(s) * mbps + p / bs];
+        for (int g = 0; g < KVH; ++g)
+          for (int e = 0; e < d; ++e) f[((blk * KVH + g) * bs + p % bs) * d + e] = std::nanf("");
+      }
+      ASSERT_TRUE(convert_floats(f.data(), DType::kF32, (kv ? vpool : kpool).data(), c.dtype, pool_n));
+    }
+  }
+  // qkv [T, (H + 2 KVH) d] and cos_sin [T, d] of each token's position (theta 10000).
+  const size_t qkv_n = static_cast<size_t>(T) * (H + 2 * KVH) * d;
+  std::vector<float> qkvf(qkv_n);
+  for (auto& x : qkvf) x = frng.sym(3.4f);
+  std::vector<uint8_t> qkv(qkv_n * esize);
+  ASSERT_TRUE(convert_floats(qkvf.data(), DType::kF32, qkv.data(), c.dtype, qkv_n));
+  std::vector<float> cs(static_cast<size_t>(T) * d);
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < d / 2; ++i) {
+      const double ang = tpos[t] * std::pow(10000.0, -2.0 * i / d);
+      cs[static_cast<size_t>(t) * d + i] = static_cast<float>(std::cos(ang));
+      cs[static_cast<size_t>(t) * d + d / 2 + i] = static_cast<float>(std::sin(ang));
+    }
+
+  const size_t out_n = static_cast<size_t>(T) * H * d;
+  DevMem k1, v1, k2, v2, dqkv, dcs, dq, out1, out2, ws, d_tseq, d_tpos, d_first, d_new, d_ctx, d_tables;
+  DEV_ALLOC(k1, pool_n * esize, kpool.data());
+  DEV_ALLOC(v1, pool_n * esize, vpool.data());
+  DEV_ALLOC(k2, pool_n * esize, kpool.data());
+  DEV_ALLOC(v2, pool_n * esize, vpool.data());
+  DEV_ALLOC(dqkv, qkv.size(), qkv.data());
+  DEV_ALLOC(dcs, cs.size() * 4, cs.data());
+  DEV_ALLOC(dq, out_n * esize, static_cast<const void*>(nullptr));
+  DEV_ALLOC(out1, out_n * esize, static_cast<const void*>(nullptr));
+  DEV_ALLOC(out2, out_n * esize, static_cast<const void*>(nullptr));
+  CUDA_ASSERT(cudaMemset(out1.p, 0xFF, out1.bytes));
+  CUDA_ASSERT(cudaMemset(out2.p, 0xFF, out2.bytes));
+  DEV_ALLOC(d_tseq, tseq.size() * 4, tseq.data());
+  DEV_ALLOC(d_tpos, tpos.size() * 4, tpos.data());
+  DEV_ALLOC(d_first, first.size() * 4, first.data());
+  DEV_ALLOC(d_new, nnew.size() * 4, nnew.data());
+  DEV_ALLOC(d_ctx, cl.size() * 4, cl.data());
+  DEV_ALLOC(d_tables, tables.size() * 4, tables.data());
+  AttentionParams p{H, KVH, d, 1.0f / std::sqrt(static_cast<float>(d)), 0};
+  const size_t ws_bytes = attention_workspace_bytes(p, T, max_ctx);
+  DEV_ALLOC(ws, ws_bytes, static_cast<const void*>(nullptr));
+  DeviceBatch b;
+  b.num_tokens = T;
+  b.num_seqs = S;
+  b.block_size = bs;
+  b.max_blocks_per_seq = mbps;
+  b.max_context_len = max_ctx;
+  b.max_num_new = 1;
+  b.token_seq = static_cast<const int32_t*>(d_tseq.p);
+  b.token_pos = static_cast<const int32_t*>(d_tpos.p);
+  b.seq_first_token = static_cast<const int32_t*>(d_first.p);
+  b.seq_num_new = static_cast<const int32_t*>(d_new.p);
+  b.seq_context_len = static_cast<const int32_t*>(d_ctx.p);
+  b.block_tables = static_cast<const int32_t*>(d_tables.p);
+  QkvParams qp{H, KVH, d, d, 1e-6f, nullptr, nullptr};
+  DeviceKv kv1{k1.p, v1.p, c.dtype, static_cast<int32_t>(total_blocks), KVH, d};
+  DeviceKv kv2{k2.p, v2.p, c.dtype, static_cast<int32_t>(total_blocks), KVH, d};
+  const float* csp = static_cast<const float*>(dcs.p);
+  ASSERT_TRUE(rope_attention_fusable(dqkv.p, c.dtype, qp, csp, b, kv2, p, out2.p));
+
+  Stream stream;
+  CUDA_ASSERT(cudaStreamCreateWithFlags(&stream.s, cudaStreamNonBlocking));
+  qkv_rope_kv_write(dqkv.p, c.dtype, qp, csp, b, kv1, dq.p, stream.s);
+  paged_attention(dq.p, c.dtype, kv1, b, p, out1.p, ws.p, ws_bytes, stream.s);
+  rope_kv_write_attention(dqkv.p, c.dtype, qp, csp, b, kv2, p, out2.p, ws.p, ws_bytes, stream.s);
+  CUDA_ASSERT(cudaGetLastError());
+  CUDA_ASSERT(cudaStreamSynchronize(stream.s));
+
+  const auto fetch = [&](const DevMem& m) {
+    std::vector<uint8_t> h(m.bytes);
+    EXPECT_EQ(cudaMemcpy(h.data(), m.p, m.bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    return h;
+  };
+  const auto first_diff = [](const std::vector<uint8_t>& x, const std::vector<uint8_t>& y) -> int64_t {
+    for (size_t i = 0; i < x.size(); ++i)
+      if (x[i] != y[i]) return static_cast<int64_t>(i);
+    return -1;
+  };
+  const std::vector<uint8_t> o1 = fetch(out1), o2 = fetch(out2);
+  std::vector<float> of(out_n);
+  ASSERT_TRUE(convert_floats(o1.data(), c.dtype, of.data(), DType::kF32, out_n));
+  for (size_t i = 0; i < out_n; ++i) ASSERT_TRUE(std::isfinite(of[i])) << "unfused output " << i << " not finite";
+  const int64_t od = first_diff(o1, o2);
+  EXPECT_EQ(od, -1) << "outputs differ first at element " << od / static_cast<int64_t>(esize) << " (token "
+                    << od / static_cast<int64_t>(esize) / (H * d) << ")";
+  const int64_t kd = first_diff(fetch(k1), fetch(k2));
+  EXPECT_EQ(kd, -1) << "K pools differ first at element " << kd / static_cast<int64_t>(esize);
+  const int64_t vd = first_diff(fetch(v1), fetch(v2));
+  EXPECT_EQ(vd, -1) << "V pools differ first at element " << vd / static_cast<int64_t>(esize);
+}
+
+TEST(CudaAttention, RopeFusedMatchesUnfused) {
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = 9100;
+  const std::vector<std::vector<int32_t>> batches{
+      {1}, {17}, {256}, {1024}, {5000}, {1, 17, 256, 1024, 5000, 33, 64}, {5000, 4097, 1, 300, 16, 1023, 2}};
+  for (DType dt : {DType::kF16, DType::kBF16})
+    for (auto [h, kvh, d] : std::vector<std::array<int, 3>>{{32, 8, 128}, {32, 32, 96}})
+      for (int bs : {16, 64})
+        for (const auto& ctxs : batches) {
+          check_rope_fused({dt, d, h, kvh, bs}, ctxs, seed % 2 == 0, seed);
+          ++seed;
+          if (HasFatalFailure()) return;
+        }
+  // Other head dims and groupings of the mma kernel: 32, 64; 8 and 24 query heads per kv head (two head groups).
+  for (auto [h, kvh, d] : std::vector<std::array<int, 3>>{{8, 2, 32}, {16, 2, 64}, {48, 2, 64}}) {
+    check_rope_fused({DType::kF16, d, h, kvh, 16}, {1, 90, 2000}, seed % 2 == 0, seed);
+    ++seed;
+    if (HasFatalFailure()) return;
+  }
+}
+
+// Outside the fused op's scope rope_attention_fusable says no (the backend then runs the two ops) and the
+// fused launcher refuses.
+TEST(CudaAttention, RopeFusedScope) {
+  DeviceBatch b;
+  b.num_tokens = 1;
+  b.num_seqs = 1;
+  b.block_size = 16;
+  b.max_blocks_per_seq = 1;
+  b.max_context_len = 1;
+  b.max_num_new = 1;
+  alignas(16) static int32_t dummy_i[64];
+  b.token_seq = b.token_pos = b.seq_first_token = b.seq_num_new = b.seq_context_len = b.block_tables = dummy_i;
+  alignas(16) static float buf[4096];
+  const QkvParams qp{32, 8, 128, 128, 1e-6f, nullptr, nullptr};
+  const AttentionParams p{32, 8, 128, 0.088f, 0};
+  const DeviceKv kv{buf, buf, DType::kF16, 1, 8, 128};
+  EXPECT_TRUE(rope_attention_fusable(buf, DType::kF16, qp, buf, b, kv, p, buf));
+  DeviceKv kv_bf = kv;
+  kv_bf.dtype = DType::kBF16;
+  EXPECT_TRUE(rope_attention_fusable(buf, DType::kBF16, qp, buf, b, kv_bf, p, buf));
+  DeviceBatch prefill = b;
+  prefill.max_num_new = 2;  // a sequence adds two tokens
+  EXPECT_FALSE(rope_attention_fusable(buf, DType::kF16, qp, buf, prefill, kv, p, buf));
+  QkvParams partial = qp;
+  partial.rotary_dim = 64;  // partial rotary
+  EXPECT_FALSE(rope_attention_fusable(buf, DType::kF16, partial, buf, b, kv, p, buf));
+  QkvParams normed = qp;
+  normed.q_norm = buf;  // per-head q/k norm (Qwen3)
+  EXPECT_FALSE(rope_attention_fusable(buf, DType::kF16, normed, buf, b, kv, p, buf));
+  DeviceKv kv32 = kv;
+  kv32.dtype = DType::kF32;
+  EXPECT_FALSE(rope_attention_fusable(buf, DType::kF32, qp, buf, b, kv32, p, buf));  // f32
+  for (int d : {16, 80, 256}) {  // no whole rotary k-steps / no mma decode kernel
+    const QkvParams q2{32, 8, d, d, 1e-6f, nullptr, nullptr};
+    const AttentionParams p2{32, 8, d, 0.1f, 0};
+    const DeviceKv kv2{buf, buf, DType::kF16, 1, 8, d};
+    EXPECT_FALSE(rope_attention_fusable(buf, DType::kF16, q2, buf, b, kv2, p2, buf)) << "head_dim " << d;
+  }
+  EXPECT_FALSE(rope_attention_fusable(reinterpret_cast<char*>(buf) + 2, DType::kF16, qp, buf, b, kv, p, buf));
+}
+
 // ---------------------------------------------------------------- timing (printed, not checked)
 
 struct TimedBatch {
@@ -556,6 +764,62 @@ void time_batch(TimedBatch& t, DType dt, int reps, float* ms_out, float* ms_stre
   CUDA_ASSERT(cudaEventDestroy(e1));
 }
 
+// Decode step's RoPE + KV write + attention of a batch-1 timed batch (one token), in a CUDA graph of `reps`
+// steps: unfused (qkv_rope_kv_write, then paged_attention) or fused (rope_kv_write_attention). Mean ms per step.
+void time_rope_attention(TimedBatch& t, DType dt, int reps, bool fused, float* ms_out) {
+  const int H = t.p.num_heads, KVH = t.p.num_kv_heads, d = t.p.head_dim;
+  const int T = t.b.num_tokens;
+  DevMem qkv, cs;
+  {
+    const size_t n = static_cast<size_t>(T) * (H + 2 * KVH) * d;
+    std::vector<float> f(n);
+    Rng frng(11);
+    for (auto& x : f) x = frng.sym(3.4f);
+    std::vector<uint8_t> a(n * dtype_size(dt));
+    ASSERT_TRUE(convert_floats(f.data(), DType::kF32, a.data(), dt, n));
+    DEV_ALLOC(qkv, a.size(), a.data());
+    std::vector<float> c(static_cast<size_t>(T) * d, 0.5f);
+    DEV_ALLOC(cs, c.size() * 4, c.data());
+  }
+  const QkvParams qp{H, KVH, d, d, 1e-6f, nullptr, nullptr};
+  const float* csp = static_cast<const float*>(cs.p);
+  Stream stream;
+  CUDA_ASSERT(cudaStreamCreateWithFlags(&stream.s, cudaStreamNonBlocking));
+  auto step = [&] {
+    if (fused) {
+      rope_kv_write_attention(qkv.p, dt, qp, csp, t.b, t.kv, t.p, t.out.p, t.ws.p, t.ws_bytes, stream.s);
+    } else {
+      qkv_rope_kv_write(qkv.p, dt, qp, csp, t.b, t.kv, t.q.p, stream.s);
+      paged_attention(t.q.p, dt, t.kv, t.b, t.p, t.out.p, t.ws.p, t.ws_bytes, stream.s);
+    }
+  };
+  for (int i = 0; i < 3; ++i) step();
+  CUDA_ASSERT(cudaStreamSynchronize(stream.s));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CUDA_ASSERT(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeRelaxed));
+  for (int i = 0; i < reps; ++i) step();
+  CUDA_ASSERT(cudaStreamEndCapture(stream.s, &graph));
+  CUDA_ASSERT(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_ASSERT(cudaGraphLaunch(exec, stream.s));
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  CUDA_ASSERT(cudaEventCreate(&e0));
+  CUDA_ASSERT(cudaEventCreate(&e1));
+  constexpr int kLaunches = 3;
+  CUDA_ASSERT(cudaEventRecord(e0, stream.s));
+  for (int i = 0; i < kLaunches; ++i) CUDA_ASSERT(cudaGraphLaunch(exec, stream.s));
+  CUDA_ASSERT(cudaEventRecord(e1, stream.s));
+  CUDA_ASSERT(cudaEventSynchronize(e1));
+  CUDA_ASSERT(cudaGetLastError());
+  float ms = 0;
+  CUDA_ASSERT(cudaEventElapsedTime(&ms, e0, e1));
+  *ms_out = ms / (kLaunches * reps);
+  CUDA_ASSERT(cudaGraphExecDestroy(exec));
+  CUDA_ASSERT(cudaGraphDestroy(graph));
+  CUDA_ASSERT(cudaEventDestroy(e0));
+  CUDA_ASSERT(cudaEventDestroy(e1));
+}
+
 TEST(CudaAttention, Timing) {
   SKIP_WITHOUT_GPU();
   constexpr int H = 32, KVH = 8, D = 128, kReps = 20;
@@ -623,6 +887,16 @@ TEST(CudaAttention, Timing) {
     std::printf("[timing] float16 decode 1 seq x %d ctx, H=%d KVH=%d D=%d block=%d: %.2f us, %.0f GB/s (K+V) in a "
                 "graph; %.2f us launched one by one\n",
                 ctx, h, kvh, d, bs, ms * 1e3, bytes / (ms * 1e-3) / 1e9, ms_stream * 1e3);
+    if (ctx <= 1024) {
+      float ms_unfused = 0, ms_fused = 0;
+      time_rope_attention(t, DType::kF16, 200, false, &ms_unfused);
+      if (HasFatalFailure()) return;
+      time_rope_attention(t, DType::kF16, 200, true, &ms_fused);
+      if (HasFatalFailure()) return;
+      std::printf("[timing] float16 decode step 1 seq x %d ctx, H=%d KVH=%d D=%d block=%d: rope + attention %.2f us, "
+                  "fused (rope_kv_write_attention) %.2f us, in a graph\n",
+                  ctx, h, kvh, d, bs, ms_unfused * 1e3, ms_fused * 1e3);
+    }
   }
 }
 

@@ -8,17 +8,13 @@
 #include <random>
 #include <vector>
 
+#include "backend/cuda/cuda_test_util.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "model/golden_check.h"
 
 namespace kiln {
 namespace {
-
-bool have_gpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
 
 // f32 values rounded through `t` (what the GPU sees after upload).
 float round_to(float v, DType t) {
@@ -60,7 +56,7 @@ struct LinearCase {
 };
 
 TEST(CudaBackend, LinearMatchesFloat64Reference) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!::kiln::test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
   auto made = CudaBackend::create();
   ASSERT_TRUE(made.ok()) << made.status().to_string();
   CudaBackend& be = **made;
@@ -115,7 +111,7 @@ TEST(CudaBackend, LinearMatchesFloat64Reference) {
 }
 
 TEST(CudaBackend, ArgmaxRowsMatchesCpu) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!::kiln::test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
   auto made = CudaBackend::create();
   ASSERT_TRUE(made.ok()) << made.status().to_string();
   CudaBackend& be = **made;
@@ -150,25 +146,25 @@ TEST(CudaBackend, ArgmaxRowsMatchesCpu) {
 class CudaGoldenTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaGoldenTest, Float32MatchesTransformers) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!::kiln::test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
   const std::string dir = test::data_path("models/" + GetParam());
   test::check_model_against_goldens(dir, dir, DType::kF32, "cuda");
 }
 
 TEST_P(CudaGoldenTest, Float32ChunkedPrefillMatchesTransformers) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!::kiln::test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
   const std::string dir = test::data_path("models/" + GetParam());
   test::check_model_against_goldens(dir, dir, DType::kF32, "cuda", 16);
 }
 
 TEST_P(CudaGoldenTest, Float16WithinTolerance) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!::kiln::test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
   const std::string dir = test::data_path("models/" + GetParam());
   test::check_model_against_goldens(dir, dir, DType::kF16, "cuda");
 }
 
 TEST_P(CudaGoldenTest, BFloat16WithinTolerance) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!::kiln::test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
   const std::string dir = test::data_path("models/" + GetParam());
   test::check_model_against_goldens(dir, dir, DType::kBF16, "cuda");
 }

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/cuda_test_util.h"
 #include "backend/cpu/attention.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/kernels.h"
@@ -32,16 +33,6 @@ namespace {
     const cudaError_t e_ = (expr);                                                                   \
     ASSERT_EQ(e_, cudaSuccess) << #expr << ": " << cudaGetErrorName(e_) << ": " << cudaGetErrorString(e_); \
   } while (0)
-
-bool have_gpu() {
-  int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess) {
-    cudaGetLastError();  // clear it (no driver / no device)
-    return false;
-  }
-  return n > 0;
-}
 
 constexpr DType kFloatTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 
@@ -124,7 +115,7 @@ void expect_close(const std::vector<float>& out, const std::vector<float>& ref, 
 class CudaOps : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    if (!::kiln::test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
     CUDA_ASSERT(cudaStreamCreate(&stream_));
   }
   void TearDown() override {

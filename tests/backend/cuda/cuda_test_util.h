@@ -7,7 +7,11 @@ namespace kiln::test {
 
 inline bool have_cuda_device() {
   int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear it (no driver / no device)
+    return false;
+  }
+  return n > 0;
 }
 
 }  // namespace kiln::test

@@ -16,22 +16,13 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/cuda_test_util.h"
 #include "backend/cuda/gemv.h"
 #include "backend/cuda/kernels.h"
 #include "core/dtype.h"
 
 namespace kiln::cuda {
 namespace {
-
-bool have_gpu() {
-  int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
 
 bool is_sm90() {
   int dev = 0, major = 0;
@@ -248,7 +239,7 @@ struct Shape {
 constexpr Shape kShapes[] = {{1, 8}, {33, 24}, {37, 576}, {1001, 1544}, {3072, 3072}, {515, 8200}, {7, 16384}};
 
 TEST(CudaGemv, PlainMatchesFloat64Reference) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!::kiln::test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
   std::mt19937 rng(11);
   const std::pair<DType, DType> types[] = {
       {DType::kF16, DType::kF16}, {DType::kBF16, DType::kBF16}, {DType::kF16, DType::kF32}, {DType::kBF16, DType::kF32}};
@@ -263,7 +254,7 @@ TEST(CudaGemv, PlainMatchesFloat64Reference) {
 }
 
 TEST(CudaGemv, FusedMatchesReferenceAndUnfused) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!::kiln::test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
   if (!is_sm90()) GTEST_SKIP() << "fusions need sm_90";
   std::mt19937 rng(12);
   using P = GemvFusion::Prologue;
@@ -307,7 +298,7 @@ TEST(CudaGemv, FusedMatchesReferenceAndUnfused) {
 
 // Other geometries (the ones cuda_linear_bench sweeps) and the legacy kernel give the same answers.
 TEST(CudaGemv, TuningsMatchReference) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!::kiln::test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
   std::mt19937 rng(13);
   const GemvTuning tunings[] = {
       {0, 0, 0, 0, 0, true},  {8, 8, 1, 4, 1, false}, {4, 4, 1, 12, 1, false},
@@ -329,7 +320,7 @@ TEST(CudaGemv, TuningsMatchReference) {
 }
 
 TEST(CudaGemv, SupportedSaysWhere) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!::kiln::test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
   Dev x(4 * 16400 * 2), w(16 * 16400 * 2), nw(16400 * 4);
   using P = GemvFusion::Prologue;
   const GemvFusion rms{P::kRmsNorm, static_cast<const float*>(nw.get()), 1e-5f, false};
