@@ -68,6 +68,38 @@ struct DevMem {
     if (src) CUDA_ASSERT(cudaMemcpy((mem).p, (src), (mem).bytes, cudaMemcpyHostToDevice)); \
   } while (0)
 
+// A batch layout's arrays on the device and the DeviceBatch over them (what CudaBackend::begin_forward makes):
+// T = token_seq.size() tokens of S = first.size() sequences; tables [S, max_blocks_per_seq].
+struct DeviceLayout {
+  DevMem token_seq, token_pos, first, num_new, ctx, tables;
+  DeviceBatch batch;
+};
+
+void upload_layout(const std::vector<int32_t>& token_seq, const std::vector<int32_t>& token_pos,
+                   const std::vector<int32_t>& first, const std::vector<int32_t>& num_new,
+                   const std::vector<int32_t>& ctx, const std::vector<int32_t>& tables, int32_t block_size,
+                   int32_t max_blocks_per_seq, int32_t max_context_len, int32_t max_num_new, DeviceLayout* l) {
+  DEV_ALLOC(l->token_seq, token_seq.size() * 4, token_seq.data());
+  DEV_ALLOC(l->token_pos, token_pos.size() * 4, token_pos.data());
+  DEV_ALLOC(l->first, first.size() * 4, first.data());
+  DEV_ALLOC(l->num_new, num_new.size() * 4, num_new.data());
+  DEV_ALLOC(l->ctx, ctx.size() * 4, ctx.data());
+  DEV_ALLOC(l->tables, tables.size() * 4, tables.data());
+  DeviceBatch& b = l->batch;
+  b.num_tokens = static_cast<int32_t>(token_seq.size());
+  b.num_seqs = static_cast<int32_t>(first.size());
+  b.block_size = block_size;
+  b.max_blocks_per_seq = max_blocks_per_seq;
+  b.max_context_len = max_context_len;
+  b.max_num_new = max_num_new;
+  b.token_seq = static_cast<const int32_t*>(l->token_seq.p);
+  b.token_pos = static_cast<const int32_t*>(l->token_pos.p);
+  b.seq_first_token = static_cast<const int32_t*>(l->first.p);
+  b.seq_num_new = static_cast<const int32_t*>(l->num_new.p);
+  b.seq_context_len = static_cast<const int32_t*>(l->ctx.p);
+  b.block_tables = static_cast<const int32_t*>(l->tables.p);
+}
+
 struct Stream {
   cudaStream_t s = nullptr;
   ~Stream() {
@@ -206,38 +238,23 @@ void check_case(const Case& c, const std::vector<SeqSpec>& specs, uint32_t seed)
   cpu::paged_attention_reference(qref, kv_host, batch, cparams, ref, ref_pool());
 
   // Device side.
-  DevMem dk, dv, dq, dout, dws, d_tseq, d_tpos, d_first, d_new, d_ctx, d_tables;
+  DevMem dk, dv, dq, dout, dws;
   DEV_ALLOC(dk, pool_n * esize, kbuf.data());
   DEV_ALLOC(dv, pool_n * esize, vbuf.data());
   DEV_ALLOC(dq, qn * esize, q_act.data());
   constexpr size_t kGuard = 4096;  // bytes after the output that must stay untouched
   DEV_ALLOC(dout, qn * esize + kGuard, static_cast<const void*>(nullptr));
   CUDA_ASSERT(cudaMemset(dout.p, 0xFF, dout.bytes));  // NaN in every float type
-  DEV_ALLOC(d_tseq, token_seq.size() * 4, token_seq.data());
-  DEV_ALLOC(d_tpos, token_pos.size() * 4, token_pos.data());
-  DEV_ALLOC(d_first, seq_first.size() * 4, seq_first.data());
-  DEV_ALLOC(d_new, seq_new.size() * 4, seq_new.data());
-  DEV_ALLOC(d_ctx, seq_ctx.size() * 4, seq_ctx.data());
-  DEV_ALLOC(d_tables, tables.size() * 4, tables.data());
+  DeviceLayout layout;
+  ASSERT_NO_FATAL_FAILURE(upload_layout(token_seq, token_pos, seq_first, seq_new, seq_ctx, tables, bs, mbps, max_ctx,
+                                        max_new, &layout));
 
   AttentionParams p{H, KVH, d, scale, c.window};
   const size_t ws_bytes = attention_workspace_bytes(p, static_cast<int32_t>(T), max_ctx);
   DEV_ALLOC(dws, ws_bytes, static_cast<const void*>(nullptr));
   CUDA_ASSERT(cudaMemset(dws.p, 0xFF, std::max<size_t>(ws_bytes, 16)));
 
-  DeviceBatch b;
-  b.num_tokens = static_cast<int32_t>(T);
-  b.num_seqs = static_cast<int32_t>(specs.size());
-  b.block_size = bs;
-  b.max_blocks_per_seq = mbps;
-  b.max_context_len = max_ctx;
-  b.max_num_new = max_new;
-  b.token_seq = static_cast<const int32_t*>(d_tseq.p);
-  b.token_pos = static_cast<const int32_t*>(d_tpos.p);
-  b.seq_first_token = static_cast<const int32_t*>(d_first.p);
-  b.seq_num_new = static_cast<const int32_t*>(d_new.p);
-  b.seq_context_len = static_cast<const int32_t*>(d_ctx.p);
-  b.block_tables = static_cast<const int32_t*>(d_tables.p);
+  DeviceBatch b = layout.batch;
   DeviceKv kv;
   kv.k = dk.p;
   kv.v = dv.p;
@@ -508,7 +525,7 @@ void check_rope_fused(const test::RopeAttentionCase& c, const std::vector<int32_
     }
 
   const size_t out_n = static_cast<size_t>(T) * H * d;
-  DevMem k1, v1, k2, v2, dqkv, dcs, dq, out1, out2, ws, d_tseq, d_tpos, d_first, d_new, d_ctx, d_tables;
+  DevMem k1, v1, k2, v2, dqkv, dcs, dq, out1, out2, ws;
   DEV_ALLOC(k1, pool_n * esize, kpool.data());
   DEV_ALLOC(v1, pool_n * esize, vpool.data());
   DEV_ALLOC(k2, pool_n * esize, kpool.data());
@@ -520,28 +537,12 @@ void check_rope_fused(const test::RopeAttentionCase& c, const std::vector<int32_
   DEV_ALLOC(out2, out_n * esize, static_cast<const void*>(nullptr));
   CUDA_ASSERT(cudaMemset(out1.p, 0xFF, out1.bytes));
   CUDA_ASSERT(cudaMemset(out2.p, 0xFF, out2.bytes));
-  DEV_ALLOC(d_tseq, tseq.size() * 4, tseq.data());
-  DEV_ALLOC(d_tpos, tpos.size() * 4, tpos.data());
-  DEV_ALLOC(d_first, first.size() * 4, first.data());
-  DEV_ALLOC(d_new, nnew.size() * 4, nnew.data());
-  DEV_ALLOC(d_ctx, cl.size() * 4, cl.data());
-  DEV_ALLOC(d_tables, tables.size() * 4, tables.data());
+  DeviceLayout layout;
+  ASSERT_NO_FATAL_FAILURE(upload_layout(tseq, tpos, first, nnew, cl, tables, bs, mbps, max_ctx, 1, &layout));
   AttentionParams p{H, KVH, d, 1.0f / std::sqrt(static_cast<float>(d)), 0};
   const size_t ws_bytes = attention_workspace_bytes(p, T, max_ctx);
   DEV_ALLOC(ws, ws_bytes, static_cast<const void*>(nullptr));
-  DeviceBatch b;
-  b.num_tokens = T;
-  b.num_seqs = S;
-  b.block_size = bs;
-  b.max_blocks_per_seq = mbps;
-  b.max_context_len = max_ctx;
-  b.max_num_new = 1;
-  b.token_seq = static_cast<const int32_t*>(d_tseq.p);
-  b.token_pos = static_cast<const int32_t*>(d_tpos.p);
-  b.seq_first_token = static_cast<const int32_t*>(d_first.p);
-  b.seq_num_new = static_cast<const int32_t*>(d_new.p);
-  b.seq_context_len = static_cast<const int32_t*>(d_ctx.p);
-  b.block_tables = static_cast<const int32_t*>(d_tables.p);
+  DeviceBatch b = layout.batch;
   QkvParams qp{H, KVH, d, d, 1e-6f, nullptr, nullptr};
   DeviceKv kv1{k1.p, v1.p, c.dtype, static_cast<int32_t>(total_blocks), KVH, d};
   DeviceKv kv2{k2.p, v2.p, c.dtype, static_cast<int32_t>(total_blocks), KVH, d};
@@ -644,7 +645,8 @@ TEST(CudaAttention, RopeFusedScope) {
 // ---------------------------------------------------------------- timing (printed, not checked)
 
 struct TimedBatch {
-  DevMem k, v, q, out, ws, tseq, tpos, first, nnew, ctx, tables;
+  DevMem k, v, q, out, ws;
+  DeviceLayout layout;
   DeviceBatch b;
   DeviceKv kv;
   AttentionParams p;
@@ -694,24 +696,8 @@ void build_timed(TimedBatch& t, int num_seqs, int num_new, int ctx, int H, int K
       tpos.push_back(ctx - num_new + i);
     }
   }
-  DEV_ALLOC(t.tseq, tseq.size() * 4, tseq.data());
-  DEV_ALLOC(t.tpos, tpos.size() * 4, tpos.data());
-  DEV_ALLOC(t.first, first.size() * 4, first.data());
-  DEV_ALLOC(t.nnew, nnew.size() * 4, nnew.data());
-  DEV_ALLOC(t.ctx, cl.size() * 4, cl.data());
-  DEV_ALLOC(t.tables, ids.size() * 4, ids.data());
-  t.b.num_tokens = num_seqs * num_new;
-  t.b.num_seqs = num_seqs;
-  t.b.block_size = bs;
-  t.b.max_blocks_per_seq = nb;
-  t.b.max_context_len = ctx;
-  t.b.max_num_new = num_new;
-  t.b.token_seq = static_cast<const int32_t*>(t.tseq.p);
-  t.b.token_pos = static_cast<const int32_t*>(t.tpos.p);
-  t.b.seq_first_token = static_cast<const int32_t*>(t.first.p);
-  t.b.seq_num_new = static_cast<const int32_t*>(t.nnew.p);
-  t.b.seq_context_len = static_cast<const int32_t*>(t.ctx.p);
-  t.b.block_tables = static_cast<const int32_t*>(t.tables.p);
+  ASSERT_NO_FATAL_FAILURE(upload_layout(tseq, tpos, first, nnew, cl, ids, bs, nb, ctx, num_new, &t.layout));
+  t.b = t.layout.batch;
   t.kv.k = t.k.p;
   t.kv.v = t.v.p;
   t.kv.dtype = dt;
