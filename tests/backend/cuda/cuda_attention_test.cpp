@@ -709,45 +709,59 @@ void build_timed(TimedBatch& t, int num_seqs, int num_new, int ctx, int H, int K
   DEV_ALLOC(t.ws, t.ws_bytes, static_cast<const void*>(nullptr));
 }
 
-// Mean milliseconds per call over `reps` after warm-up: *ms_out with the calls captured in a CUDA graph (as the
-// backend runs decode steps: no host launch cost), *ms_stream (optional) launched one by one on a stream.
-void time_batch(TimedBatch& t, DType dt, int reps, float* ms_out, float* ms_stream = nullptr) {
-  Stream stream;
-  CUDA_ASSERT(cudaStreamCreateWithFlags(&stream.s, cudaStreamNonBlocking));
+// Captures `reps` calls of `step` on `s` into a CUDA graph, replays it once to warm up, then times three replays:
+// *ms_out = milliseconds per call (no host launch cost, as the backend runs decode steps).
+template <typename Step>
+void time_in_graph(cudaStream_t s, int reps, Step&& step, float* ms_out) {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CUDA_ASSERT(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  for (int i = 0; i < reps; ++i) step();
+  CUDA_ASSERT(cudaStreamEndCapture(s, &graph));
+  CUDA_ASSERT(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_ASSERT(cudaGraphLaunch(exec, s));  // warm-up
   cudaEvent_t e0 = nullptr, e1 = nullptr;
   CUDA_ASSERT(cudaEventCreate(&e0));
   CUDA_ASSERT(cudaEventCreate(&e1));
-  for (int i = 0; i < 3; ++i) paged_attention(t.q.p, dt, t.kv, t.b, t.p, t.out.p, t.ws.p, t.ws_bytes, stream.s);
-  float ms = 0;
-  if (ms_stream) {
-    CUDA_ASSERT(cudaEventRecord(e0, stream.s));
-    for (int i = 0; i < reps; ++i) paged_attention(t.q.p, dt, t.kv, t.b, t.p, t.out.p, t.ws.p, t.ws_bytes, stream.s);
-    CUDA_ASSERT(cudaEventRecord(e1, stream.s));
-    CUDA_ASSERT(cudaEventSynchronize(e1));
-    CUDA_ASSERT(cudaGetLastError());
-    CUDA_ASSERT(cudaEventElapsedTime(&ms, e0, e1));
-    *ms_stream = ms / reps;
-  }
-  CUDA_ASSERT(cudaStreamSynchronize(stream.s));
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  CUDA_ASSERT(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeRelaxed));
-  for (int i = 0; i < reps; ++i) paged_attention(t.q.p, dt, t.kv, t.b, t.p, t.out.p, t.ws.p, t.ws_bytes, stream.s);
-  CUDA_ASSERT(cudaStreamEndCapture(stream.s, &graph));
-  CUDA_ASSERT(cudaGraphInstantiate(&exec, graph, 0));
-  CUDA_ASSERT(cudaGraphLaunch(exec, stream.s));  // warm-up
   constexpr int kLaunches = 3;
-  CUDA_ASSERT(cudaEventRecord(e0, stream.s));
-  for (int i = 0; i < kLaunches; ++i) CUDA_ASSERT(cudaGraphLaunch(exec, stream.s));
-  CUDA_ASSERT(cudaEventRecord(e1, stream.s));
+  CUDA_ASSERT(cudaEventRecord(e0, s));
+  for (int i = 0; i < kLaunches; ++i) CUDA_ASSERT(cudaGraphLaunch(exec, s));
+  CUDA_ASSERT(cudaEventRecord(e1, s));
   CUDA_ASSERT(cudaEventSynchronize(e1));
   CUDA_ASSERT(cudaGetLastError());
+  float ms = 0;
   CUDA_ASSERT(cudaEventElapsedTime(&ms, e0, e1));
   *ms_out = ms / (kLaunches * reps);
   CUDA_ASSERT(cudaGraphExecDestroy(exec));
   CUDA_ASSERT(cudaGraphDestroy(graph));
   CUDA_ASSERT(cudaEventDestroy(e0));
   CUDA_ASSERT(cudaEventDestroy(e1));
+}
+
+// Mean milliseconds per call over `reps` after warm-up: *ms_out with the calls captured in a CUDA graph (as the
+// backend runs decode steps: no host launch cost), *ms_stream (optional) launched one by one on a stream.
+void time_batch(TimedBatch& t, DType dt, int reps, float* ms_out, float* ms_stream = nullptr) {
+  Stream stream;
+  CUDA_ASSERT(cudaStreamCreateWithFlags(&stream.s, cudaStreamNonBlocking));
+  auto step = [&] { paged_attention(t.q.p, dt, t.kv, t.b, t.p, t.out.p, t.ws.p, t.ws_bytes, stream.s); };
+  for (int i = 0; i < 3; ++i) step();
+  if (ms_stream) {
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    CUDA_ASSERT(cudaEventCreate(&e0));
+    CUDA_ASSERT(cudaEventCreate(&e1));
+    CUDA_ASSERT(cudaEventRecord(e0, stream.s));
+    for (int i = 0; i < reps; ++i) step();
+    CUDA_ASSERT(cudaEventRecord(e1, stream.s));
+    CUDA_ASSERT(cudaEventSynchronize(e1));
+    CUDA_ASSERT(cudaGetLastError());
+    float ms = 0;
+    CUDA_ASSERT(cudaEventElapsedTime(&ms, e0, e1));
+    *ms_stream = ms / reps;
+    CUDA_ASSERT(cudaEventDestroy(e0));
+    CUDA_ASSERT(cudaEventDestroy(e1));
+  }
+  CUDA_ASSERT(cudaStreamSynchronize(stream.s));
+  time_in_graph(stream.s, reps, step, ms_out);
 }
 
 // Decode step's RoPE + KV write + attention of a batch-1 timed batch (one token), in a CUDA graph of `reps`
@@ -781,29 +795,7 @@ void time_rope_attention(TimedBatch& t, DType dt, int reps, bool fused, float* m
   };
   for (int i = 0; i < 3; ++i) step();
   CUDA_ASSERT(cudaStreamSynchronize(stream.s));
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  CUDA_ASSERT(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeRelaxed));
-  for (int i = 0; i < reps; ++i) step();
-  CUDA_ASSERT(cudaStreamEndCapture(stream.s, &graph));
-  CUDA_ASSERT(cudaGraphInstantiate(&exec, graph, 0));
-  CUDA_ASSERT(cudaGraphLaunch(exec, stream.s));
-  cudaEvent_t e0 = nullptr, e1 = nullptr;
-  CUDA_ASSERT(cudaEventCreate(&e0));
-  CUDA_ASSERT(cudaEventCreate(&e1));
-  constexpr int kLaunches = 3;
-  CUDA_ASSERT(cudaEventRecord(e0, stream.s));
-  for (int i = 0; i < kLaunches; ++i) CUDA_ASSERT(cudaGraphLaunch(exec, stream.s));
-  CUDA_ASSERT(cudaEventRecord(e1, stream.s));
-  CUDA_ASSERT(cudaEventSynchronize(e1));
-  CUDA_ASSERT(cudaGetLastError());
-  float ms = 0;
-  CUDA_ASSERT(cudaEventElapsedTime(&ms, e0, e1));
-  *ms_out = ms / (kLaunches * reps);
-  CUDA_ASSERT(cudaGraphExecDestroy(exec));
-  CUDA_ASSERT(cudaGraphDestroy(graph));
-  CUDA_ASSERT(cudaEventDestroy(e0));
-  CUDA_ASSERT(cudaEventDestroy(e1));
+  time_in_graph(stream.s, reps, step, ms_out);
 }
 
 TEST(CudaAttention, Timing) {
