@@ -162,7 +162,14 @@ void LlamaModel::fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cs)
   for (size_t i = 0; i < batch.attention.seqs.size(); ++i) {
     const SequenceView& s = batch.attention.seqs[i];
     const int32_t len = i < batch.rope_seq_len.size() ? std::max(s.context_len, batch.rope_seq_len[i]) : s.context_len;
-    const float* rows = cos_sin_cache_.rows(rope_frequencies(config_.rope, len), s.context_len - s.num_new, s.num_new);
+    // The frequencies change with the length only across rope_frequencies_key (a pow per frequency: computed
+    // once per key, not per sequence per step).
+    const int64_t key = rope_frequencies_key(config_.rope, len);
+    if (!freqs_ || freqs_key_ != key) {
+      freqs_ = rope_frequencies(config_.rope, len);
+      freqs_key_ = key;
+    }
+    const float* rows = cos_sin_cache_.rows(*freqs_, s.context_len - s.num_new, s.num_new);
     std::copy(rows, rows + static_cast<size_t>(s.num_new) * rot, cs.data() + static_cast<size_t>(s.first_token) * rot);
   }
 }

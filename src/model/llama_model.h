@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -77,6 +78,8 @@ class LlamaModel {
   Tensor final_norm_;                  // [hidden]
   LinearWeight lm_head_;               // [vocab, hidden]
   RopeCosSinCache cos_sin_cache_;
+  std::optional<RopeFrequencies> freqs_;  // the frequencies of key freqs_key_ (fill_cos_sin)
+  int64_t freqs_key_ = 0;
 
   // Activation workspace, grown on demand; views are [T, ...] of the current batch.
   int64_t ws_tokens_ = 0, ws_logit_rows_ = 0;

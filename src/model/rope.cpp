@@ -515,6 +515,14 @@ Result<RopeConfig> rope_config_from_hf(const json& config, int head_dim) {
 
 // ---- frequencies -----------------------------------------------------------------------------------------
 
+int64_t rope_frequencies_key(const RopeConfig& cfg, int64_t seq_len) {
+  switch (cfg.type) {
+    case RopeType::kDynamic: return seq_len > cfg.max_position_embeddings ? seq_len : 0;
+    case RopeType::kLongRope: return seq_len > cfg.original_max_position_embeddings ? 1 : 0;
+    default: return 0;
+  }
+}
+
 RopeFrequencies rope_frequencies(const RopeConfig& cfg, int64_t seq_len) {
   KILN_CHECK(cfg.rotary_dim >= 2 && cfg.rotary_dim % 2 == 0, "rope_frequencies: invalid rotary_dim");
   const int dim = cfg.rotary_dim;

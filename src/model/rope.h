@@ -97,6 +97,10 @@ struct RopeFrequencies {
 // `cfg` must be valid (rope_config_from_hf / from_json output).
 RopeFrequencies rope_frequencies(const RopeConfig& cfg, int64_t seq_len);
 
+// What of seq_len rope_frequencies depends on: equal keys give equal frequencies (longrope: short or long set;
+// dynamic: one set up to max_position_embeddings, then one per length; the other types: one set).
+int64_t rope_frequencies_key(const RopeConfig& cfg, int64_t seq_len);
+
 // cos/sin of one position, i < rotary_dim/2: out_cos[i] = cos(float(position) * inv_freq[i]) *
 // attention_scaling; the angle is rounded to float32 before cos/sin, as transformers does.
 void rope_cos_sin(const RopeFrequencies& f, int64_t position, float* out_cos, float* out_sin);

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 
@@ -466,6 +467,38 @@ TEST(RopeFrequencies, CosSinOfPosition) {
   const float angle = 3.0f * f.inv_freq[1];
   EXPECT_FLOAT_EQ(c[1], 2.0f * std::cos(angle));
   EXPECT_FLOAT_EQ(s[1], 2.0f * std::sin(angle));
+}
+
+// Lengths with one rope_frequencies_key have one set of frequencies (the model computes it once per key), and
+// the keys split where the frequencies change: longrope at original_max_position_embeddings, dynamic past
+// max_position_embeddings (a set per length).
+TEST(RopeFrequencies, KeyGroupsEqualFrequencies) {
+  std::vector<RopeConfig> cfgs;
+  json d = llama_like();
+  d["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}};
+  cfgs.push_back(*rope_config_from_hf(d, 64));
+  cfgs.push_back(*rope_config_from_hf(llama_like(), 64));
+  RopeConfig lr = cfgs.back();
+  lr.type = RopeType::kLongRope;
+  lr.original_max_position_embeddings = 1024;
+  lr.factor = 4.0;
+  lr.short_factor = std::vector<double>(32, 1.0);
+  lr.long_factor = std::vector<double>(32, 3.0);
+  cfgs.push_back(lr);
+  for (const RopeConfig& c : cfgs) {
+    std::map<int64_t, RopeFrequencies> first;
+    for (int64_t len : {1, 100, 1023, 1024, 1025, 2000, 4095, 4096, 4097, 4100, 8000}) {
+      const RopeFrequencies f = rope_frequencies(c, len);
+      auto [it, added] = first.emplace(rope_frequencies_key(c, len), f);
+      if (!added) {
+        EXPECT_EQ(it->second.inv_freq, f.inv_freq) << rope_type_name(c.type) << " len " << len;
+        EXPECT_EQ(it->second.attention_scaling, f.attention_scaling) << rope_type_name(c.type) << " len " << len;
+      }
+    }
+    if (c.type == RopeType::kLongRope) EXPECT_EQ(first.size(), 2u);
+    if (c.type == RopeType::kDynamic) EXPECT_GT(first.size(), 2u);
+    if (c.type == RopeType::kDefault) EXPECT_EQ(first.size(), 1u);
+  }
 }
 
 // The cache's rows are rope_cos_sin's, bit for bit, across growth and for several frequency sets in turn
