@@ -2,6 +2,10 @@
 
 namespace kiln {
 
+std::shared_ptr<void> Backend::allocate_host(size_t bytes) {
+  return std::shared_ptr<void>(::operator new(bytes ? bytes : 1), [](void* p) { ::operator delete(p); });
+}
+
 size_t KvCacheSpec::bytes_per_block() const {
   return 2ull * num_layers * num_kv_heads * block_size * head_dim * dtype_size(dtype);
 }

@@ -100,6 +100,35 @@ struct AttentionParams {
   int32_t window = 0;    // sliding window in tokens (a query sees keys p - window < j <= p); 0 = none
 };
 
+// What a forward hands back to the host: logits [R, vocab], or one token id per logit row (argmax_rows, or
+// sample_rows after begin_sampling), so that only R ids leave the device.
+enum class ForwardOutput { kLogits, kArgmax, kSample };
+
+// --- Sampling on the device (Backend::sample_rows): one logit row's settings, as the executor's LogitsProcessor
+// (penalties and bans) and TokenSampler (temperature, top-k, top-p, the Philox draw) would apply them on the host.
+struct PenaltyEntry {
+  int32_t token = 0;
+  int32_t output_count = 0;  // occurrences in the output so far (presence and frequency penalties)
+  bool repetition = false;   // in the prompt or the output: the repetition penalty applies
+  bool banned = false;       // a bad word's token or an end id under min_length: -inf
+};
+struct SamplingRow {
+  float temperature = 1.0f;  // 0: greedy (argmax); 0 and 1: no division
+  int32_t top_k = 0;         // 0 or >= vocab: off; 1: greedy
+  float top_p = 0.0f;        // the step's (decayed) top_p; 0 or 1: off (top_k 0 and top_p 0: greedy)
+  uint64_t seed = 0;         // the draw is philox_uniform(seed, step)
+  uint64_t step = 0;
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  int32_t penalties_begin = 0, penalties_end = 0;  // this row's entries of SamplingBatch::penalties
+};
+struct SamplingBatch {
+  std::vector<SamplingRow> rows;  // one per logit row
+  std::vector<PenaltyEntry> penalties;
+  bool log_probs = false;         // also each drawn token's log-prob (Sample::log_prob's definition)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -123,14 +152,30 @@ class Backend {
   // Copies whole KV blocks (every layer, K and V): (src, dst) pairs, e.g. a beam's private copy of a
   // block it shared with its parent beam.
   void copy_kv_blocks(KvStorage& kv, std::span<const std::pair<int32_t, int32_t>> src_dst);
+  // --- Overlap of host and device. A GPU queues work and returns; these let the host go on preparing the next
+  // forward while one runs (the CPU runs everything at once: the defaults are already complete).
+  // Host memory that download_async copies into without staging (pinned on a GPU).
+  virtual std::shared_ptr<void> allocate_host(size_t bytes);
+  // Queues a copy of `src` into `host` (from allocate_host); the bytes are there once wait_fence returns for a
+  // fence recorded after this call.
+  virtual void download_async(const Tensor& src, void* host) { download(src, host); }
+  // A mark after all work queued so far; wait_fence(f) returns once that work is done.
+  virtual uint64_t record_fence() { return 0; }
+  virtual void wait_fence(uint64_t fence) {}
+  // ids[pairs[i][0]] = src[pairs[i][1]]: a forward's input tokens taken from the ids the previous forward picked
+  // on the device, before the host has seen them.     src [R] i32, pairs [P, 2] i32 (backend memory), ids [T] i32
+  virtual void scatter_tokens(const Tensor& src, const Tensor& pairs, Tensor& ids) = 0;
+
   // Sets `bytes` bytes at `dst` (backend memory) to zero / copies them from `src` (backend memory); queued.
   virtual void zero_bytes(void* dst, size_t bytes) = 0;
   virtual void copy_bytes(void* dst, const void* src, size_t bytes) = 0;
 
   // Called once per forward, before its ops, with the batch layout they will all get (a GPU uploads the
   // block tables and positions here once instead of per layer), the number of logit rows it computes and
-  // whether it ends with argmax_rows (then only token ids leave the device).
-  virtual Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, bool argmax) { return {}; }
+  // what it ends with (argmax_rows or sample_rows: then only token ids leave the device).
+  virtual Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, ForwardOutput output) {
+    return {};
+  }
   // Runs the forward's ops (`ops` calls this backend's ops only: no uploads, downloads or waits, and only
   // buffers allocated before). A GPU may record them into a graph for the batch shape begin_forward saw
   // and replay it for later forwards of that shape, which must then touch the same buffers.
@@ -192,6 +237,18 @@ class Backend {
   // ids[r] = the first index of the largest value of logits row r (NaN never wins but at index 0, as the
   // host sampler's argmax).                           logits [R, vocab] f32, ids [R] i32
   virtual void argmax_rows(const Tensor& logits, Tensor& ids) = 0;
+  // Sampling where the logits are (a GPU: only ids leave it). samples_on_device() false: the host samples.
+  virtual bool samples_on_device() const { return false; }
+  // Uploads the settings the next sample_rows uses (called outside run_forward_ops, like begin_forward).
+  virtual Status begin_sampling(const SamplingBatch& batch) {
+    return unimplemented(name() + " backend: sampling on the device is not supported");
+  }
+  // ids[r] = the token that LogitsProcessor::apply then TokenSampler::sample draw from row r with the settings
+  // of begin_sampling's row r (greedy rows: the argmax of the processed row); log_probs[r] its log-prob when
+  // the batch asked.                                 logits [R, vocab] f32 (overwritten), ids [R] i32, log_probs [R] f32
+  virtual void sample_rows(Tensor& logits, Tensor& ids, Tensor& log_probs) {
+    KILN_CHECK(false, name() + " backend: sample_rows is not supported");
+  }
   // Waits for all queued work (no-op on the CPU).
   virtual void synchronize() = 0;
 

@@ -68,6 +68,44 @@ void append_argmax_token(RequestState& r, int32_t token) {
   append_token(r, std::move(pick));
 }
 
+TokenPick token_pick(const RequestState& r, bool device_sampling) {
+  const OutputConfig& o = r.req.output;
+  if (r.is_beam_search() || o.return_generation_logits || o.top_log_probs > 0) return TokenPick::kHost;
+  if (next_token_is_argmax(r)) return TokenPick::kArgmax;
+  return device_sampling && r.processor.device_compatible() ? TokenPick::kDevice : TokenPick::kHost;
+}
+
+bool picks_without_last_token(const RequestState& r) {
+  return !r.processor.active() && !r.req.sampling.top_p_reset_id;
+}
+
+SamplingRow sampling_row(const RequestState& r, int32_t pending, std::vector<PenaltyEntry>& penalties) {
+  const SamplingConfig c = RequestState::sampler_config(r.req.sampling);
+  SamplingRow row;
+  row.temperature = r.sampler.greedy() ? 0.0f : c.temperature;
+  row.top_k = c.top_k;
+  row.top_p = r.sampler.top_p();
+  for (int32_t i = 0; i < pending; ++i)  // TokenSampler::advance for tokens picked but not seen (no reset id here)
+    if (c.top_p_decay != 1.0f && c.top_p > 0.0f) row.top_p = std::max(row.top_p * c.top_p_decay, c.top_p_min);
+  row.seed = r.sampler.seed();
+  row.step = r.sampler.step() + static_cast<uint64_t>(pending);
+  row.repetition_penalty = c.repetition_penalty;
+  row.presence_penalty = c.presence_penalty;
+  row.frequency_penalty = c.frequency_penalty;
+  row.penalties_begin = static_cast<int32_t>(penalties.size());
+  const Sequence& s = r.seqs[0];
+  r.processor.penalty_entries(prompt_of(r, s), output_of(r, s), penalties);
+  row.penalties_end = static_cast<int32_t>(penalties.size());
+  return row;
+}
+
+void append_device_token(RequestState& r, int32_t token, float log_prob) {
+  Sample pick;
+  pick.token = token;
+  pick.log_prob = r.req.output.return_log_probs ? log_prob : 0.0f;
+  append_token(r, std::move(pick));
+}
+
 void beam_step(RequestState& r, const float* rows, int64_t vocab, KvCacheManager& kv, std::vector<float>& scratch) {
   const int live = static_cast<int>(r.seqs.size());
   if (!r.beams) {

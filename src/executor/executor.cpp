@@ -1,6 +1,7 @@
 #include "executor/executor.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <random>
 #include <sstream>
 
@@ -65,13 +66,16 @@ Result<std::unique_ptr<Executor>> Executor::create(LlamaModel& model, Backend& b
     budget = *c.kv_cache.max_bytes;
     why << "byte budget " << human_bytes(budget);
   } else {
-    // The activation workspace for a full step is taken first, so the KV cache gets what is left.
+    // The activation workspace for a full step (taken below in any case) comes first, so the KV cache gets
+    // what is left.
     KILN_RETURN_IF_ERROR(model.reserve_workspace());
     const uint64_t free = backend.free_memory();
     budget = static_cast<uint64_t>(static_cast<double>(free) * c.kv_cache.free_mem_fraction);
     why << "kv_cache_free_gpu_mem_fraction " << c.kv_cache.free_mem_fraction << " of " << human_bytes(free) << " free "
         << (backend.name() == "cpu" ? "host" : backend.name()) << " memory = " << human_bytes(budget);
   }
+  // Always whole: a forward in flight must not see its buffers move when a larger one is launched.
+  KILN_RETURN_IF_ERROR(model.reserve_workspace());
   int64_t blocks = static_cast<int64_t>(budget / block_bytes);
   if (c.kv_cache.max_tokens) {
     blocks = std::min(blocks, kv_blocks_for(*c.kv_cache.max_tokens, block));
@@ -105,6 +109,7 @@ Result<std::unique_ptr<Executor>> Executor::create(LlamaModel& model, Backend& b
        << (c.kv_cache.enable_reuse ? "on" : "off")
        << (ex->drop_window_ ? "; sliding window " + std::to_string(ex->drop_window_) + " tokens" : "");
   ex->kv_plan_ = plan.str();
+  if (const char* o = std::getenv("KILN_OVERLAP"); o && std::string(o) == "0") ex->config_.overlap = false;
   ex->seed_base_ = c.seed ? *c.seed : std::random_device{}() * 0x100000001ull ^ std::random_device{}();
   ex->stats_.max_active_requests = b.max_batch_size;
   ex->stats_.kv = ex->kv_->stats();
@@ -339,10 +344,15 @@ void Executor::loop() {
       cancels.swap(cancels_);
       if (stopping_ && !drain_)
         for (auto& [id, st] : requests_) cancels.insert(id);
-      if (stopping_ && requests_.empty() && cancels.empty()) return;
+      if (stopping_ && requests_.empty() && cancels.empty()) {
+        lock.unlock();
+        if (in_flight_) collect_in_flight();  // leaves the model with nothing queued
+        return;
+      }
     }
     handle_cancels(cancels);
     expire_waiting();
+    if (in_flight_ && requests_.empty()) collect_in_flight();
     if (!requests_.empty()) step();
   }
 }
@@ -358,9 +368,44 @@ bool Executor::step() {
     stats_.preemptions += plan.paused;
   }
   if (plan.chunks.empty()) {
+    if (in_flight_) {
+      collect_in_flight();
+      return true;
+    }
     if (running_.empty() && !waiting_.empty())  // cannot happen with validated requests; never spin on it
       fail(waiting_.front(), internal_error("the scheduler could not place this request"));
     return false;
+  }
+
+  // How this step's tokens get picked, and whether it may be launched before the step in flight is collected:
+  // only when every row is picked on the device without needing the last token's value.
+  const bool device_sampling = backend_.samples_on_device();
+  auto rows_of = [&](bool& device, bool& ahead) {
+    device = true;
+    ahead = config_.overlap;
+    for (const ScheduledChunk& c : plan.chunks) {
+      const RequestState& r = *c.request;
+      const Sequence& s = r.seqs[c.seq];
+      const bool context_logits = r.req.output.return_context_logits && s.computed < r.prompt_len;
+      const bool samples = s.computed + c.num_tokens == static_cast<int32_t>(s.tokens.size()) + s.pending;
+      if (context_logits || (samples && token_pick(r, device_sampling) == TokenPick::kHost)) device = false;
+      if (samples && s.pending > 0 && !picks_without_last_token(r)) ahead = false;
+    }
+    ahead = ahead && device;
+  };
+  bool device = false, ahead = false;
+  rows_of(device, ahead);
+  if (in_flight_ && !ahead) {
+    // Collect first; requests it finishes leave the plan (their blocks are back already).
+    std::vector<RequestId> ids;
+    for (const ScheduledChunk& c : plan.chunks) ids.push_back(c.request->id);
+    collect_in_flight();
+    std::vector<ScheduledChunk> kept;
+    for (size_t i = 0; i < plan.chunks.size(); ++i)
+      if (requests_.count(ids[i])) kept.push_back(plan.chunks[i]);
+    plan.chunks = std::move(kept);
+    if (plan.chunks.empty()) return true;
+    rows_of(device, ahead);
   }
   if (!plan.block_copies.empty()) backend_.copy_kv_blocks(*kv_storage_, plan.block_copies);
   const auto started = std::chrono::steady_clock::now();
@@ -368,7 +413,8 @@ bool Executor::step() {
     if (!c.request->scheduled) c.request->scheduled = started;
 
   // Flatten the chunks into one forward. Logit rows: each sequence that reaches its last token, plus
-  // prompt positions whose context logits were asked for.
+  // prompt positions whose context logits were asked for. A token still pending is the last one of its
+  // sequence and comes from the previous forward's pick on the device.
   ForwardBatch fb;
   fb.attention.block_size = kv_->block_size();
   struct RowUse {
@@ -383,19 +429,25 @@ bool Executor::step() {
     RequestState& r = *c.request;
     Sequence& s = r.seqs[c.seq];
     const int32_t first = static_cast<int32_t>(fb.token_ids.size());
-    fb.token_ids.insert(fb.token_ids.end(), s.tokens.begin() + s.computed, s.tokens.begin() + s.computed + c.num_tokens);
-    fb.attention.seqs.push_back({first, c.num_tokens, s.computed + c.num_tokens, s.kv.blocks});
+    const int32_t known = static_cast<int32_t>(s.tokens.size());
+    const int32_t end = s.computed + c.num_tokens;
+    fb.token_ids.insert(fb.token_ids.end(), s.tokens.begin() + s.computed, s.tokens.begin() + std::min(end, known));
+    if (end > known) {  // (only a pick of the forward in flight is pending here: one token)
+      fb.previous_tokens.emplace_back(static_cast<int32_t>(fb.token_ids.size()), s.pending_row);
+      fb.token_ids.push_back(0);
+    }
+    fb.attention.seqs.push_back({first, c.num_tokens, end, s.kv.blocks});
     fb.rope_seq_len.push_back(r.prompt_len);
     if (s.computed < r.prompt_len) {
-      context_tokens += std::min(s.computed + c.num_tokens, r.prompt_len) - s.computed;
+      context_tokens += std::min(end, r.prompt_len) - s.computed;
       ++context_requests;
     }
     if (r.req.output.return_context_logits)
-      for (int32_t p = std::max(s.computed, r.context_logits_rows); p < std::min(s.computed + c.num_tokens, r.prompt_len); ++p) {
+      for (int32_t p = std::max(s.computed, r.context_logits_rows); p < std::min(end, r.prompt_len); ++p) {
         fb.logit_rows.push_back(first + p - s.computed);
         rows.push_back({ci, p, false});
       }
-    if (s.computed + c.num_tokens == static_cast<int32_t>(s.tokens.size())) {
+    if (end == known + s.pending) {
       const int32_t last = first + c.num_tokens - 1;
       if (!fb.logit_rows.empty() && fb.logit_rows.back() == last && rows.back().chunk == ci) {
         rows.back().sample = true;  // the last prompt position: a context logit and the first sample
@@ -407,12 +459,22 @@ bool Executor::step() {
   }
   fb.attention.num_tokens = static_cast<int32_t>(fb.token_ids.size());
 
-  // When every row is a plain greedy pick (no context logits, no log-probs, no processor), only the argmax
-  // of each row is needed: the model computes it where the logits are (no vocab-wide copy off a GPU).
-  bool argmax_only = !rows.empty();
-  for (const RowUse& u : rows)
-    argmax_only = argmax_only && u.sample && u.position < 0 && next_token_is_argmax(*plan.chunks[u.chunk].request);
-  Status st = model_.forward(fb, *kv_storage_, &logits_, argmax_only ? &argmax_ : nullptr);
+  // The output: ids when every row is picked on the device (argmax alone when all are plain greedy picks;
+  // otherwise the backend's sampler), the logits otherwise.
+  ForwardOutput output = ForwardOutput::kLogits;
+  SamplingBatch sampling;
+  if (device && !rows.empty()) {
+    output = ForwardOutput::kArgmax;
+    for (const RowUse& u : rows)
+      if (token_pick(*plan.chunks[u.chunk].request, device_sampling) != TokenPick::kArgmax) output = ForwardOutput::kSample;
+    if (output == ForwardOutput::kSample)
+      for (const RowUse& u : rows) {
+        const RequestState& r = *plan.chunks[u.chunk].request;
+        sampling.rows.push_back(sampling_row(r, r.seqs[0].pending, sampling.penalties));
+        sampling.log_probs = sampling.log_probs || r.req.output.return_log_probs;
+      }
+  }
+  Status st = model_.launch(fb, *kv_storage_, output, output == ForwardOutput::kSample ? &sampling : nullptr);
   if (!st.ok()) {
     std::vector<RequestState*> hit;
     for (const ScheduledChunk& c : plan.chunks)
@@ -421,27 +483,62 @@ bool Executor::step() {
     return true;
   }
 
-  // Bookkeeping first: tokens now in the cache, context logits, blocks for reuse, windows.
+  // Launched: tokens now queued into the cache; picks made on the device become pending.
+  InFlight launched;
   for (const ScheduledChunk& c : plan.chunks) {
     Sequence& s = c.request->seqs[c.seq];
     s.computed += c.num_tokens;
+    launched.chunks.push_back({c.request->id, c.seq, s.computed, c.request->preemptions});
+  }
+  if (output != ForwardOutput::kLogits) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      RequestState* r = plan.chunks[rows[i].chunk].request;
+      ++r->seqs[0].pending;
+      r->seqs[0].pending_row = static_cast<int32_t>(i);
+      launched.rows.push_back(r->id);
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.iterations;
+    std::vector<const RequestState*> scheduled;
+    for (const ScheduledChunk& c : plan.chunks)
+      if (std::find(scheduled.begin(), scheduled.end(), c.request) == scheduled.end()) scheduled.push_back(c.request);
+    stats_.scheduled_requests = static_cast<int64_t>(scheduled.size());
+    stats_.context_requests = context_requests;
+    stats_.generation_requests = stats_.scheduled_requests - context_requests;
+    stats_.context_tokens = context_tokens;
+    stats_.prompt_tokens += context_tokens;
+  }
+  if (output != ForwardOutput::kLogits) {
+    // The step before this one (if still in flight) is collected now, while this one runs; this one is
+    // collected by the next step.
+    if (in_flight_) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++stats_.launched_ahead;
+      }
+      collect_in_flight();
+    }
+    in_flight_ = std::move(launched);
+    return true;
+  }
+
+  // Host picks: the logits are here now.
+  if (Status cs = model_.collect(out_); !cs.ok()) {
+    for (const InFlight::Chunk& c : launched.chunks)
+      if (auto it = requests_.find(c.id); it != requests_.end()) fail(it->second.get(), cs.with_context("forward"));
+    return true;
+  }
+  for (const ScheduledChunk& c : plan.chunks) {
+    Sequence& s = c.request->seqs[c.seq];
     kv_->commit(s.kv, s.tokens, s.computed);
     if (drop_window_ > 0) kv_->drop_outside_window(s.kv, s.computed, drop_window_);
   }
   int64_t generated = 0;
-  if (argmax_only) {
-    for (size_t i = 0; i < rows.size(); ++i) {
-      RequestState* r = plan.chunks[rows[i].chunk].request;
-      append_argmax_token(*r, argmax_[i]);
-      ++generated;
-      if (request_done(*r)) finish(r);
-      else if (r->req.streaming) respond(*r, stream_chunk(*r, vocab));
-    }
-    rows.clear();
-  }
   std::vector<std::pair<RequestState*, std::vector<const float*>>> to_decode;  // request -> sample rows per seq
   for (size_t i = 0; i < rows.size(); ++i) {
-    const float* row = logits_.data() + i * vocab;
+    const float* row = out_.logits.data() + i * vocab;
     RequestState* r = plan.chunks[rows[i].chunk].request;
     if (rows[i].position >= 0) {
       r->context_logits.insert(r->context_logits.end(), row, row + vocab);
@@ -466,25 +563,59 @@ bool Executor::step() {
     if (request_done(*r)) finish(r);
     else if (r->req.streaming) respond(*r, stream_chunk(*r, vocab));
   }
+  publish_stats(generated);
+  return true;
+}
 
+void Executor::collect_in_flight() {
+  InFlight done = std::move(*in_flight_);
+  in_flight_.reset();
+  auto alive = [&](RequestId id) -> RequestState* {
+    auto it = requests_.find(id);
+    return it == requests_.end() ? nullptr : it->second.get();
+  };
+  Status st = model_.collect(out_);
+  if (!st.ok()) {
+    for (const InFlight::Chunk& c : done.chunks)
+      if (RequestState* r = alive(c.id)) fail(r, st.with_context("forward"));
+    return;
+  }
+  // Bookkeeping first: blocks for reuse (their tokens are all known now), windows.
+  for (const InFlight::Chunk& c : done.chunks) {
+    RequestState* r = alive(c.id);
+    if (!r || r->preemptions != c.preemptions || c.seq >= static_cast<int>(r->seqs.size())) continue;
+    Sequence& s = r->seqs[c.seq];
+    kv_->commit(s.kv, s.tokens, c.computed);
+    if (drop_window_ > 0) kv_->drop_outside_window(s.kv, c.computed, drop_window_);
+  }
+  const int64_t vocab = model_.config().vocab_size;
+  int64_t generated = 0;
+  for (size_t i = 0; i < done.rows.size(); ++i) {
+    RequestState* r = alive(done.rows[i]);
+    if (!r) continue;  // cancelled, or finished by an earlier pick: this one is past its end
+    Sequence& s = r->seqs[0];
+    --s.pending;
+    append_device_token(*r, out_.ids[i], out_.log_probs.empty() ? 0.0f : out_.log_probs[i]);
+    ++generated;
+    if (request_done(*r)) {
+      s.pending = 0;  // picks after the last one are dropped
+      finish(r);
+    } else if (r->req.streaming) {
+      respond(*r, stream_chunk(*r, vocab));
+    }
+  }
+  publish_stats(generated);
+}
+
+void Executor::publish_stats(int64_t generated) {
   std::lock_guard<std::mutex> lock(mu_);
-  ++stats_.iterations;
   stats_.active_requests = static_cast<int64_t>(running_.size());
   stats_.queued_requests = static_cast<int64_t>(waiting_.size() + incoming_.size());
   stats_.paused_requests = std::count_if(waiting_.begin(), waiting_.end(), [](const RequestState* r) {
     return r->preemptions > 0;
   });
-  std::vector<const RequestState*> scheduled;
-  for (const ScheduledChunk& c : plan.chunks)
-    if (std::find(scheduled.begin(), scheduled.end(), c.request) == scheduled.end()) scheduled.push_back(c.request);
-  stats_.scheduled_requests = static_cast<int64_t>(scheduled.size());
-  stats_.context_requests = context_requests;
-  stats_.generation_requests = stats_.scheduled_requests - context_requests;
-  stats_.context_tokens = context_tokens;
-  stats_.prompt_tokens += context_tokens;
   stats_.generated_tokens += generated;
   stats_.kv = kv_->stats();
-  return true;
 }
 
 }  // namespace kiln

@@ -31,6 +31,10 @@ struct ExecutorConfig {
   SchedulerConfig scheduler;
   KvCacheConfig kv_cache;
   std::optional<uint64_t> seed;  // where unseeded requests draw their seeds from (default: random)
+  // Launch step N+1 before collecting step N when N's tokens are picked on the device (argmax or the device
+  // sampler), so that the host's scheduling overlaps the GPU's work. Results are the same either way;
+  // KILN_OVERLAP=0 in the environment turns it off (for comparisons).
+  bool overlap = true;
   Status validate() const;
 };
 
@@ -48,6 +52,7 @@ struct ExecutorStats {
   // Since start:
   int64_t completed = 0, failed = 0, cancelled = 0, preemptions = 0;
   int64_t prompt_tokens = 0, generated_tokens = 0;
+  int64_t launched_ahead = 0;  // forwards launched before the previous one was collected (ExecutorConfig::overlap)
   KvCacheStats kv;
 };
 
@@ -79,6 +84,9 @@ class Executor {
   Status validate_request(const Request& r) const;
   void loop();
   bool step();  // one iteration; false when there was nothing to do
+  // Takes the output of the forward in flight: its tokens appended, finished requests retired, streams fed.
+  void collect_in_flight();
+  void publish_stats(int64_t generated_tokens);
   void respond(RequestState& r, Response resp);
   void finish(RequestState* r, FinishReason forced = FinishReason::kNotFinished);
   void fail(RequestState* r, const Status& error);
@@ -99,8 +107,22 @@ class Executor {
   std::map<RequestId, std::unique_ptr<RequestState>> requests_;
   std::vector<RequestState*> running_;
   std::deque<RequestState*> waiting_;
-  std::vector<float> logits_, scratch_;
-  std::vector<int32_t> argmax_;  // the greedy rows' tokens, when the model picked them (argmax-only steps)
+  std::vector<float> scratch_;
+  ForwardResult out_;
+  // The forward launched last, when its tokens were picked on the device and not collected yet: the host
+  // schedules and launches the next step (its inputs taken from these picks on the device) before it waits
+  // for this one. Requests are named by id: one may be cancelled or retired meanwhile.
+  struct InFlight {
+    struct Chunk {
+      RequestId id;
+      int seq;
+      int32_t computed;     // the sequence's tokens in the cache after this forward
+      int32_t preemptions;  // the request's count at launch (a pause in between resets its cache)
+    };
+    std::vector<Chunk> chunks;
+    std::vector<RequestId> rows;  // the request of each logit row (each picks the next token of seqs[0])
+  };
+  std::optional<InFlight> in_flight_;
 
   // Shared with callers, under mu_.
   mutable std::mutex mu_;

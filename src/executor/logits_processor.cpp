@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <unordered_map>
 
 namespace kiln {
 namespace {
@@ -180,6 +181,41 @@ LogitsProcessor::LogitsProcessor(const Request& request, std::vector<int32_t> en
   active_ = !embedding_bias_.empty() || repetition_penalty_ != 1.0f || presence_penalty_ != 0.0f ||
             frequency_penalty_ != 0.0f || !banned_.empty() || !bad_sequences_.empty() ||
             (min_length_ > 0 && !end_ids_.empty());
+}
+
+void LogitsProcessor::penalty_entries(std::span<const int32_t> prompt, std::span<const int32_t> output,
+                                      std::vector<PenaltyEntry>& out) const {
+  if (!active_) return;
+  std::unordered_map<int32_t, size_t> at;  // token -> its entry
+  auto entry = [&](int32_t t) -> PenaltyEntry& {
+    auto [it, fresh] = at.try_emplace(t, out.size());
+    if (fresh) out.push_back(PenaltyEntry{t});
+    return out[it->second];
+  };
+  auto in_range = [&](int32_t t) { return t >= 0 && t < vocab_; };
+  if (repetition_penalty_ != 1.0f) {
+    for (int32_t t : prompt)
+      if (in_range(t)) entry(t).repetition = true;
+    for (int32_t t : output)
+      if (in_range(t)) entry(t).repetition = true;
+  }
+  if (presence_penalty_ != 0.0f || frequency_penalty_ != 0.0f)
+    for (int32_t t : output)
+      if (in_range(t)) ++entry(t).output_count;
+  for (int32_t t : banned_) entry(t).banned = true;
+  if (!bad_sequences_.empty()) {
+    const size_t n = prompt.size() + output.size();
+    auto tok = [&](size_t i) { return i < prompt.size() ? prompt[i] : output[i - prompt.size()]; };
+    for (const auto& w : bad_sequences_) {
+      const size_t prefix = w.size() - 1;
+      if (prefix > n) continue;
+      bool match = true;
+      for (size_t j = 0; j < prefix && match; ++j) match = tok(n - prefix + j) == w[j];
+      if (match) entry(w.back()).banned = true;
+    }
+  }
+  if (static_cast<int64_t>(output.size()) < min_length_)
+    for (int32_t t : end_ids_) entry(t).banned = true;
 }
 
 void LogitsProcessor::apply(std::span<const int32_t> prompt, std::span<const int32_t> output, float* logits) const {

@@ -21,6 +21,7 @@
 #include <span>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/status.h"
 #include "executor/request.h"
 
@@ -39,6 +40,12 @@ class LogitsProcessor {
 
   // False when apply() would change nothing at any step.
   bool active() const { return active_; }
+
+  // False when apply() does something the device sampler (Backend::sample_rows) cannot: an embedding bias.
+  bool device_compatible() const { return embedding_bias_.empty(); }
+  // What apply() does to the row (but the embedding bias) as one entry per token it changes, appended to `out`.
+  void penalty_entries(std::span<const int32_t> prompt, std::span<const int32_t> output,
+                       std::vector<PenaltyEntry>& out) const;
 
   // Modifies one row of logits [vocab] in place. `prompt` and `output` are this sequence's tokens so far
   // (output: generated tokens only).

@@ -18,7 +18,11 @@ namespace kiln {
 // One sequence of a request: the prompt followed by its generated tokens.
 struct Sequence {
   std::vector<int32_t> tokens;           // prompt + generated
-  int32_t computed = 0;                  // leading tokens whose K/V are in the cache
+  int32_t computed = 0;                  // leading tokens (of tokens + pending) whose K/V are in the cache
+  // Tokens picked on the device by forwards not collected yet: they follow `tokens`, and the host learns them
+  // at collect. pending_row: the logit row of this sequence's pick in the forward launched last.
+  int32_t pending = 0;
+  int32_t pending_row = -1;
   SequenceBlocks kv;
   std::vector<float> log_probs;          // [generated]
   std::vector<std::vector<TokenLogProb>> top_log_probs;  // [generated][k], when asked
@@ -63,6 +67,7 @@ struct RequestState {
   std::optional<std::chrono::steady_clock::time_point> scheduled;  // first iteration that ran it
 
   int32_t generated() const { return static_cast<int32_t>(seqs[0].tokens.size()) - prompt_len; }
+  int32_t length() const { return static_cast<int32_t>(seqs[0].tokens.size()) + seqs[0].pending; }
   bool is_beam_search() const { return req.sampling.beam_width > 1; }
   // Prefill not finished yet (no token generated).
   bool in_context_phase() const { return seqs.size() == 1 && seqs[0].computed < prompt_len; }

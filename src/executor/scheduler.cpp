@@ -36,8 +36,10 @@ void Scheduler::on_finished(const RequestState& r) {
 // Schedules the sequence's next tokens within the budget; false only when the KV pool is short.
 bool Scheduler::try_schedule_sequence(RequestState& r, int si, int32_t& budget, ScheduleResult& out) {
   Sequence& s = r.seqs[si];
-  const int64_t remaining = static_cast<int64_t>(s.tokens.size()) - s.computed;
+  const int64_t remaining = static_cast<int64_t>(s.tokens.size()) + s.pending - s.computed;
   if (remaining <= 0 || budget <= 0) return true;
+  // A pick still on the device that ends the request by length: nothing to run after it.
+  if (s.pending > 0 && r.length() - r.prompt_len >= r.req.max_new_tokens) return true;
   if (remaining > budget && !config_.enable_chunked_context) return true;  // waits for a roomier iteration
   const int32_t n = static_cast<int32_t>(std::min<int64_t>(remaining, budget));
   if (!kv_.reserve(s.kv, s.computed + n)) return false;

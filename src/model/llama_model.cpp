@@ -112,6 +112,8 @@ int32_t LlamaModel::attention_window(size_t layer) const {
 
 Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
   if (T <= ws_tokens_ && R <= ws_logit_rows_) return {};
+  if (!queued_.empty())  // queued forwards use the current buffers (reserve_workspace avoids this)
+    return failed_precondition("forward: the workspace would grow while a forward is queued; collect it first");
   T = std::max(T, ws_tokens_);
   R = std::max(R, ws_logit_rows_);
   const ModelConfig& c = config_;
@@ -123,8 +125,10 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
   };
   const Part parts[] = {
       {&ids_, DType::kI32, {T}},
+      {&token_pairs_, DType::kI32, {T, 2}},
       {&logit_rows_, DType::kI32, {R}},
       {&argmax_, DType::kI32, {R}},
+      {&log_probs_, DType::kF32, {R}},
       {&cos_sin_, DType::kF32, {T, c.rope.rotary_dim}},
       {&x_, act_, {T, c.hidden_size}},
       {&h_, act_, {T, c.hidden_size}},
@@ -147,6 +151,8 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
   }
   ws_tokens_ = T;
   ws_logit_rows_ = R;
+  for (auto& slot : host_slots_) slot = backend_.allocate_host(static_cast<size_t>(R) * 8);
+  last_rows_ = 0;  // the ids of an earlier forward are gone with the old buffers
   return {};
 }
 
@@ -174,8 +180,7 @@ void LlamaModel::fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cs)
   }
 }
 
-Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector<float>* logits,
-                           std::vector<int32_t>* argmax) {
+Status LlamaModel::check_batch(const ForwardBatch& batch, const KvStorage& kv) const {
   const ModelConfig& c = config_;
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
@@ -201,19 +206,57 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
     for (int32_t b : s.block_table)
       if (b < 0 || b >= kv.spec.num_blocks) return invalid_argument("forward: KV block id out of range");
   }
+  for (const auto& [t, row] : batch.previous_tokens)
+    if (t < 0 || t >= T || row < 0 || row >= last_rows_ || last_output_ == ForwardOutput::kLogits)
+      return invalid_argument("forward: a previous token refers to no id of the last forward");
+  return {};
+}
+
+Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector<float>* logits,
+                           std::vector<int32_t>* argmax) {
+  KILN_RETURN_IF_ERROR(launch(batch, kv, argmax ? ForwardOutput::kArgmax : ForwardOutput::kLogits));
+  ForwardResult out;
+  KILN_RETURN_IF_ERROR(collect(out));
+  if (argmax) *argmax = std::move(out.ids);
+  else *logits = std::move(out.logits);
+  return {};
+}
+
+Status LlamaModel::launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutput output, const SamplingBatch* sampling) {
+  const ModelConfig& c = config_;
+  const int64_t T = static_cast<int64_t>(batch.token_ids.size());
+  const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
+  KILN_RETURN_IF_ERROR(check_batch(batch, kv));
+  if (queued_.size() >= 2 || (!queued_.empty() && queued_.back().output == ForwardOutput::kLogits))
+    return failed_precondition("forward: launched with " + std::to_string(queued_.size()) +
+                               " forwards queued (at most two, and a logits forward must be collected first)");
+  if (output == ForwardOutput::kSample && (!sampling || static_cast<int64_t>(sampling->rows.size()) != R))
+    return invalid_argument("forward: sampling needs one SamplingRow per logit row");
   KILN_RETURN_IF_ERROR(ensure_workspace(T, R));
+  if (!batch.previous_tokens.empty() && last_rows_ == 0)
+    return failed_precondition("forward: previous tokens after the workspace grew");
   Tensor ids = ids_.rows(0, T), rows = logit_rows_.rows(0, R), cos_sin = cos_sin_.rows(0, T), x = x_.rows(0, T),
          h = h_.rows(0, T), qkv = qkv_.rows(0, T), q = q_.rows(0, T), attn = attn_.rows(0, T),
          proj = proj_.rows(0, T), gate_up = gate_up_.rows(0, T), act = mlp_act_.rows(0, T),
-         final_h = final_h_.rows(0, R), out_logits = logits_.rows(0, R), out_argmax = argmax_.rows(0, R);
+         final_h = final_h_.rows(0, R), out_logits = logits_.rows(0, R), out_argmax = argmax_.rows(0, R),
+         out_log_probs = log_probs_.rows(0, R);
 
-  // Host side: positions' cos/sin, the batch's ids, rows and layout into backend memory.
+  // Host side: positions' cos/sin, the batch's ids, rows and layout into backend memory. Tokens the previous
+  // forward picked on the device are copied from its ids (argmax_) before this forward overwrites them.
   std::vector<float> cs;
   fill_cos_sin(batch, cs);
   backend_.upload(batch.token_ids.data(), ids);
+  if (!batch.previous_tokens.empty()) {
+    const int64_t P = static_cast<int64_t>(batch.previous_tokens.size());
+    Tensor pairs = token_pairs_.rows(0, P);
+    static_assert(sizeof(std::pair<int32_t, int32_t>) == 2 * sizeof(int32_t));
+    backend_.upload(batch.previous_tokens.data(), pairs);
+    backend_.scatter_tokens(argmax_.rows(0, last_rows_), pairs, ids);
+  }
   backend_.upload(batch.logit_rows.data(), rows);
   backend_.upload(cs.data(), cos_sin);
-  KILN_RETURN_IF_ERROR(backend_.begin_forward(batch.attention, static_cast<int32_t>(R), argmax != nullptr));
+  if (output == ForwardOutput::kSample) KILN_RETURN_IF_ERROR(backend_.begin_sampling(*sampling));
+  KILN_RETURN_IF_ERROR(backend_.begin_forward(batch.attention, static_cast<int32_t>(R), output));
 
   const float eps = static_cast<float>(c.rms_norm_eps);
   QkvLayout qkv_layout{static_cast<int>(c.num_heads), static_cast<int>(c.num_kv_heads), static_cast<int>(c.head_dim),
@@ -256,23 +299,54 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
     // Only the rows whose logits are wanted go through the final norm and the LM head.
     Tensor last = h.rows(0, R);
     backend_.gather_rows(x, rows, last);
-    if (fused) {
-      backend_.rmsnorm(last, final_norm_, eps, final_h);
+    if (fused) {  // the final norm as the LM head's prologue where the backend fuses it
+      backend_.rmsnorm_linear(last, final_norm_, eps, final_h, lm_head_, nullptr, out_logits);
     } else {
       backend_.gather_rows(proj, rows, final_h);
       backend_.add_rmsnorm(last, final_h, final_norm_, eps, final_h);
+      backend_.linear(final_h, lm_head_, nullptr, out_logits);
     }
-    backend_.linear(final_h, lm_head_, nullptr, out_logits);
-    if (argmax) backend_.argmax_rows(out_logits, out_argmax);
+    if (output == ForwardOutput::kArgmax) backend_.argmax_rows(out_logits, out_argmax);
+    if (output == ForwardOutput::kSample) backend_.sample_rows(out_logits, out_argmax, out_log_probs);
   });
-  if (argmax) {
-    argmax->resize(static_cast<size_t>(R));
-    backend_.download(out_argmax, argmax->data());
-  } else {
-    logits->resize(static_cast<size_t>(R) * c.vocab_size);
-    backend_.download(out_logits, logits->data());
+  Queued job;
+  job.output = output;
+  job.rows = R;
+  job.log_probs = output == ForwardOutput::kSample && sampling->log_probs;
+  if (output != ForwardOutput::kLogits) {
+    job.slot = next_slot_;
+    next_slot_ ^= 1;
+    char* host = static_cast<char*>(host_slots_[job.slot].get());
+    backend_.download_async(out_argmax, host);
+    if (job.log_probs) backend_.download_async(out_log_probs, host + static_cast<size_t>(ws_logit_rows_) * 4);
   }
-  backend_.synchronize();
+  job.fence = backend_.record_fence();
+  queued_.push_back(job);
+  last_output_ = output;
+  last_rows_ = R;
+  return {};
+}
+
+Status LlamaModel::collect(ForwardResult& out) {
+  if (queued_.empty()) return failed_precondition("forward: collect without a queued forward");
+  const Queued q = queued_.front();
+  queued_.erase(queued_.begin());
+  out.ids.clear();
+  out.log_probs.clear();
+  if (q.output == ForwardOutput::kLogits) {
+    out.logits.resize(static_cast<size_t>(q.rows) * config_.vocab_size);
+    backend_.download(logits_.rows(0, q.rows), out.logits.data());
+    backend_.synchronize();
+    return {};
+  }
+  backend_.wait_fence(q.fence);
+  const char* host = static_cast<const char*>(host_slots_[q.slot].get());
+  const int32_t* ids = reinterpret_cast<const int32_t*>(host);
+  out.ids.assign(ids, ids + q.rows);
+  if (q.log_probs) {
+    const float* lp = reinterpret_cast<const float*>(host + static_cast<size_t>(ws_logit_rows_) * 4);
+    out.log_probs.assign(lp, lp + q.rows);
+  }
   return {};
 }
 

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <optional>
+#include <utility>
 #include <span>
 #include <vector>
 
@@ -35,6 +36,17 @@ struct ForwardBatch {
   // frequencies from, when larger than context_len. A chunked prefill passes the whole prompt length so
   // that every chunk rotates as the unchunked prompt would.
   std::vector<int32_t> rope_seq_len;
+  // (token index, logit row of the forward launched last): that token is the id the previous forward picked on
+  // the device (argmax or sampled) and the host has not seen yet (token_ids holds any valid id there). Lets
+  // the host launch step N+1 before it collects step N.
+  std::vector<std::pair<int32_t, int32_t>> previous_tokens;
+};
+
+// A forward's output on the host (ForwardOutput says which part is filled).
+struct ForwardResult {
+  std::vector<float> logits;     // kLogits: [R, vocab] f32
+  std::vector<int32_t> ids;      // kArgmax / kSample: [R]
+  std::vector<float> log_probs;  // kSample with SamplingBatch::log_probs: [R]
 };
 
 // Not thread-safe (one activation workspace): one executor drives a model at a time.
@@ -56,15 +68,25 @@ class LlamaModel {
   // logit row per sequence and beam), so that memory left for the KV cache is really free.
   Status reserve_workspace();
 
-  // Runs the batch, writing each sequence's new K/V into `kv`, and returns f32 logits
-  // [logit_rows.size(), vocab] in `logits` (host) — or, when `argmax` is given, only each logit row's argmax
-  // token (computed where the logits are: a GPU sends R ids instead of R x vocab floats; `logits` unused).
+  // Queues the batch's forward (each sequence's new K/V written into `kv`) and returns, on a GPU before it ran;
+  // collect() waits for the oldest forward queued and hands back its output: the f32 logits of its logit rows,
+  // or only one id per row (kArgmax; kSample with `sampling`, one SamplingRow per logit row; both computed where
+  // the logits are: a GPU sends R ids instead of R x vocab floats). At most two forwards are queued, so the host
+  // can prepare and launch step N+1 while step N runs, then collect N; a kLogits forward must be collected before
+  // the next launch (its logits buffer is reused).
+  Status launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutput output, const SamplingBatch* sampling = nullptr);
+  Status collect(ForwardResult& out);
+  int in_flight() const { return static_cast<int>(queued_.size()); }
+
+  // launch + collect: f32 logits [logit_rows.size(), vocab] in `logits` — or, when `argmax` is given, only each
+  // logit row's argmax token (`logits` unused).
   Status forward(const ForwardBatch& batch, KvStorage& kv, std::vector<float>* logits,
                  std::vector<int32_t>* argmax = nullptr);
 
  private:
   LlamaModel(const Engine& engine, Backend& backend) : config_(engine.model), build_(engine.build), backend_(backend) {}
   Status ensure_workspace(int64_t tokens, int64_t logit_rows);
+  Status check_batch(const ForwardBatch& batch, const KvStorage& kv) const;
   void fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cos_sin);
 
   ModelConfig config_;
@@ -84,7 +106,23 @@ class LlamaModel {
   // Activation workspace, grown on demand; views are [T, ...] of the current batch.
   int64_t ws_tokens_ = 0, ws_logit_rows_ = 0;
   DeviceBuffer ws_;
-  Tensor ids_, logit_rows_, argmax_, cos_sin_, x_, h_, qkv_, q_, attn_, proj_, gate_up_, mlp_act_, final_h_, logits_;
+  Tensor ids_, token_pairs_, logit_rows_, argmax_, log_probs_, cos_sin_, x_, h_, qkv_, q_, attn_, proj_, gate_up_,
+      mlp_act_, final_h_, logits_;
+
+  // Forwards launched and not collected, oldest first. Ids and log-probs come back through two pinned host slots
+  // (forward N's while N+1 is queued); logits through a synchronous download at collect.
+  struct Queued {
+    ForwardOutput output = ForwardOutput::kLogits;
+    int64_t rows = 0;
+    bool log_probs = false;
+    int slot = 0;
+    uint64_t fence = 0;
+  };
+  std::vector<Queued> queued_;
+  std::shared_ptr<void> host_slots_[2];  // [ws_logit_rows_] i32 ids then [ws_logit_rows_] f32 log-probs
+  int next_slot_ = 0;
+  ForwardOutput last_output_ = ForwardOutput::kLogits;  // of the forward launched last (previous_tokens)
+  int64_t last_rows_ = 0;
 };
 
 }  // namespace kiln

@@ -137,6 +137,11 @@ void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) {
     std::memcpy(out.as<char>() + i * row_bytes, x.as<char>() + r[i] * row_bytes, row_bytes);
 }
 
+void CpuBackend::scatter_tokens(const Tensor& src, const Tensor& pairs, Tensor& ids) {
+  const int32_t* p = pairs.as<int32_t>();
+  for (int64_t i = 0; i < pairs.dim(0); ++i) ids.as<int32_t>()[p[2 * i]] = src.as<int32_t>()[p[2 * i + 1]];
+}
+
 void CpuBackend::argmax_rows(const Tensor& logits, Tensor& ids) {
   const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
   for (int64_t r = 0; r < rows; ++r) {

@@ -31,6 +31,7 @@ class CpuBackend final : public Backend {
   void add(Tensor& residual, const Tensor& delta) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
   void argmax_rows(const Tensor& logits, Tensor& ids) override;
+  void scatter_tokens(const Tensor& src, const Tensor& pairs, Tensor& ids) override;
   void synchronize() override {}
 
  private:

@@ -65,21 +65,16 @@ CudaBackend::CudaBackend(int device, cudaStream_t stream)
   rope_fusion_enabled_ = !(rf && std::string(rf) == "0");
   const char* t = std::getenv("KILN_CUDA_TIMING");
   timing_ = t && std::string(t) == "1";
-  if (timing_) {
-    KILN_CUDA_CHECK(cudaEventCreate(&ev_begin_));
-    KILN_CUDA_CHECK(cudaEventCreate(&ev_end_));
-  }
 }
 
 CudaBackend::~CudaBackend() {
   cudaStreamSynchronize(stream_);
   if (timing_) {
-    collect_timing();
+    collect_timing(true);
     graphed_times_.print("graphed decode steps");
     other_times_.print("other forwards");
-    cudaEventDestroy(ev_begin_);
-    cudaEventDestroy(ev_end_);
   }
+  for (cudaEvent_t e : fences_) cudaEventDestroy(e);
   drop_graphs();
   gemm_.reset();
   cudaStreamDestroy(stream_);
@@ -109,9 +104,51 @@ Result<DeviceBuffer> CudaBackend::allocate(size_t bytes) {
   return DeviceBuffer{std::shared_ptr<void>(p, [](void* q) { cudaFree(q); }), bytes};
 }
 
-// Pageable host memory: cudaMemcpyAsync returns once `host` has been staged, so the caller may reuse it.
+// Through pinned staging (no wait for the stream, so the host can prepare a forward while one runs); very large
+// copies straight from pageable memory (cudaMemcpyAsync returns once `host` is staged: the caller may reuse it).
 void CudaBackend::upload(const void* host, const Tensor& dst) {
-  if (dst.nbytes() > 0) KILN_CUDA_CHECK(cudaMemcpyAsync(dst.data, host, dst.nbytes(), cudaMemcpyHostToDevice, stream_));
+  const size_t n = dst.nbytes();
+  if (n == 0) return;
+  if (n > kMaxStagedUpload) {
+    KILN_CUDA_CHECK(cudaMemcpyAsync(dst.data, host, n, cudaMemcpyHostToDevice, stream_));
+    return;
+  }
+  void* p = staging_.reserve(n, stream_);
+  std::memcpy(p, host, n);
+  KILN_CUDA_CHECK(cudaMemcpyAsync(dst.data, p, n, cudaMemcpyHostToDevice, stream_));
+  staging_.copied(stream_);
+}
+
+std::shared_ptr<void> CudaBackend::allocate_host(size_t bytes) {
+  void* p = nullptr;
+  KILN_CUDA_CHECK(cudaMallocHost(&p, bytes ? bytes : 1));
+  return std::shared_ptr<void>(p, [](void* q) { cudaFreeHost(q); });
+}
+
+void CudaBackend::download_async(const Tensor& src, void* host) {
+  if (src.nbytes() > 0) KILN_CUDA_CHECK(cudaMemcpyAsync(host, src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream_));
+}
+
+// Fence ids count up; fences_ holds the events of the last kFenceRing ids (older ones have long completed:
+// a caller waits for a fence within a forward or two of recording it).
+uint64_t CudaBackend::record_fence() {
+  if (fences_.empty()) {
+    fences_.resize(kFenceRing);
+    for (cudaEvent_t& e : fences_) KILN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  }
+  const uint64_t id = ++last_fence_;
+  KILN_CUDA_CHECK(cudaEventRecord(fences_[id % kFenceRing], stream_));
+  return id;
+}
+
+void CudaBackend::wait_fence(uint64_t fence) {
+  if (fence == 0) return;
+  KILN_CHECK(fence <= last_fence_ && last_fence_ - fence < kFenceRing, "cuda backend: waiting for a stale fence");
+  KILN_CUDA_CHECK(cudaEventSynchronize(fences_[fence % kFenceRing]));
+}
+
+void CudaBackend::scatter_tokens(const Tensor& src, const Tensor& pairs, Tensor& ids) {
+  cuda::scatter_tokens(src.as<int32_t>(), pairs.as<int32_t>(), pairs.dim(0), ids.as<int32_t>(), stream_);
 }
 
 void CudaBackend::download(const Tensor& src, void* host) {
@@ -153,7 +190,7 @@ void* CudaBackend::scratch(DeviceBuffer& buf, size_t bytes) {
 
 // One int32 array holds the whole layout: token_seq [T], token_pos [T], seq_first_token [S], seq_num_new [S],
 // seq_context_len [S], block_tables [S, max_blocks]; staged in pinned memory and copied with one memcpy.
-Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, bool argmax) {
+Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, ForwardOutput output) {
   const int32_t T = batch.num_tokens, S = static_cast<int32_t>(batch.seqs.size());
   int32_t max_blocks = 1, max_ctx = 0, max_new = 0;
   for (const SequenceView& s : batch.seqs) {
@@ -169,7 +206,7 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
     max_blocks = bucket;
     max_ctx = bucket * batch.block_size;
     graph_key_ = (static_cast<uint64_t>(T) << 40) | (static_cast<uint64_t>(num_logit_rows) << 20) |
-                 (static_cast<uint64_t>(argmax) << 19) | static_cast<uint64_t>(bucket);
+                 (static_cast<uint64_t>(output) << 18) | static_cast<uint64_t>(bucket);
   }
   // Mixed batches: which sequences the prefill kernel takes, which tokens the decode kernel takes.
   int32_t num_prefill = 0, num_decode_tokens = 0, max_prefill_new = 0;
@@ -184,16 +221,7 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
   const size_t n = 2 * static_cast<size_t>(T) + 3 * static_cast<size_t>(S) + static_cast<size_t>(S) * max_blocks +
                    static_cast<size_t>(num_prefill) + static_cast<size_t>(num_decode_tokens);
   const size_t bytes = n * sizeof(int32_t);
-  KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the staging buffer may still feed the previous copy
-  if (batch_host_bytes_ < bytes) {
-    void* p = nullptr;
-    const size_t grow = std::max(bytes, 2 * batch_host_bytes_);
-    if (cudaError_t e = cudaMallocHost(&p, grow); e != cudaSuccess)
-      return resource_exhausted("cuda backend: pinned host memory for the batch layout: " + cuda::cuda_error_text(e));
-    batch_host_ = std::shared_ptr<void>(p, [](void* q) { cudaFreeHost(q); });
-    batch_host_bytes_ = grow;
-  }
-  int32_t* h = static_cast<int32_t*>(batch_host_.get());
+  int32_t* h = static_cast<int32_t*>(staging_.reserve(bytes, stream_));
   int32_t *token_seq = h, *token_pos = h + T, *first = h + 2 * T, *num_new = first + S, *ctx = num_new + S,
           *tables = ctx + S, *prefill_seqs = tables + static_cast<size_t>(S) * max_blocks,
           *decode_tokens = prefill_seqs + num_prefill;
@@ -219,6 +247,7 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
     if (token_seq[t] < 0) return invalid_argument("forward: token " + std::to_string(t) + " belongs to no sequence");
   int32_t* d = static_cast<int32_t*>(scratch(batch_dev_, bytes));
   KILN_CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_));
+  staging_.copied(stream_);
   batch_ = cuda::DeviceBatch{T,         S,         batch.block_size, max_blocks, max_ctx,   max_new,
                              d,         d + T,     d + 2 * T,        d + 2 * T + S, d + 2 * T + 2 * S,
                              d + 2 * T + 3 * S};
@@ -237,15 +266,22 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
   return {};
 }
 
-void CudaBackend::collect_timing() {
-  if (!ev_pending_) return;
-  KILN_CUDA_CHECK(cudaEventSynchronize(ev_end_));
-  float ms = 0;
-  KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_begin_, ev_end_));
-  ForwardTimes& t = ev_graphed_ ? graphed_times_ : other_times_;
-  t.gpu_ms.push_back(ms);
-  t.host_ms.push_back(ev_host_ms_);
-  ev_pending_ = false;
+// Pending event pairs are read once they have completed (or, with `wait`, after waiting for them): timing
+// never makes the host wait for the GPU between forwards.
+void CudaBackend::collect_timing(bool wait) {
+  while (!timed_.empty()) {
+    TimedForward& f = timed_.front();
+    if (wait) KILN_CUDA_CHECK(cudaEventSynchronize(f.end));
+    else if (cudaEventQuery(f.end) != cudaSuccess) return;
+    float ms = 0;
+    KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, f.begin, f.end));
+    ForwardTimes& t = f.graphed ? graphed_times_ : other_times_;
+    t.gpu_ms.push_back(ms);
+    t.host_ms.push_back(f.host_ms);
+    cudaEventDestroy(f.begin);
+    cudaEventDestroy(f.end);
+    timed_.pop_front();
+  }
 }
 
 void CudaBackend::ForwardTimes::print(const char* name) const {
@@ -262,18 +298,21 @@ void CudaBackend::ForwardTimes::print(const char* name) const {
 }
 
 void CudaBackend::run_forward_ops(const std::function<void()>& ops) {
-  if (timing_) {
-    collect_timing();
-    KILN_CUDA_CHECK(cudaEventRecord(ev_begin_, stream_));
-    ev_graphed_ = graph_key_ != 0;
+  if (!timing_) {
+    run_forward_ops_untimed(ops);
+    return;
   }
+  collect_timing(false);
+  TimedForward f;
+  f.graphed = graph_key_ != 0;
+  KILN_CUDA_CHECK(cudaEventCreate(&f.begin));
+  KILN_CUDA_CHECK(cudaEventCreate(&f.end));
+  KILN_CUDA_CHECK(cudaEventRecord(f.begin, stream_));
   const auto host_begin = std::chrono::steady_clock::now();
   run_forward_ops_untimed(ops);
-  if (timing_) {
-    ev_host_ms_ = std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - host_begin).count();
-    KILN_CUDA_CHECK(cudaEventRecord(ev_end_, stream_));
-    ev_pending_ = true;
-  }
+  f.host_ms = std::chrono::duration<float, std::milli>(std::chrono::steady_clock::now() - host_begin).count();
+  KILN_CUDA_CHECK(cudaEventRecord(f.end, stream_));
+  timed_.push_back(f);
 }
 
 void CudaBackend::run_forward_ops_untimed(const std::function<void()>& ops) {

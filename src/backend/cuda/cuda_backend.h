@@ -12,6 +12,7 @@
 
 #include <cuda_runtime.h>
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -21,6 +22,7 @@
 #include "backend/cuda/cublaslt_gemm.h"
 #include "backend/cuda/gemv.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/pinned_staging.h"
 
 namespace kiln {
 
@@ -40,11 +42,16 @@ class CudaBackend final : public Backend {
   Result<DeviceBuffer> allocate(size_t bytes) override;
   void upload(const void* host, const Tensor& dst) override;
   void download(const Tensor& src, void* host) override;
+  std::shared_ptr<void> allocate_host(size_t bytes) override;
+  void download_async(const Tensor& src, void* host) override;
+  uint64_t record_fence() override;
+  void wait_fence(uint64_t fence) override;
+  void scatter_tokens(const Tensor& src, const Tensor& pairs, Tensor& ids) override;
   Result<Tensor> adopt_weight(const Tensor& host, std::shared_ptr<void> keep_alive) override;
   Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) override;
   void zero_bytes(void* dst, size_t bytes) override;
   void copy_bytes(void* dst, const void* src, size_t bytes) override;
-  Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, bool argmax) override;
+  Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, ForwardOutput output) override;
   void run_forward_ops(const std::function<void()>& ops) override;
 
   void embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) override;
@@ -72,6 +79,10 @@ class CudaBackend final : public Backend {
                            Tensor& residual) override;
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) override;
   void argmax_rows(const Tensor& logits, Tensor& ids) override;
+  // Sampling on the device (cuda_backend_sampling.cpp, sampling.cu).
+  bool samples_on_device() const override;
+  Status begin_sampling(const SamplingBatch& batch) override;
+  void sample_rows(Tensor& logits, Tensor& ids, Tensor& log_probs) override;
   void synchronize() override;
   Result<std::string> tune_linears(const std::vector<LinearShape>& shapes, DType weights, int64_t max_tokens,
                                    int64_t max_logit_rows) override;
@@ -90,9 +101,14 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::LtGemm> gemm_;
-  // The current forward's layout (begin_forward): pinned host staging, its device copy, and the view.
-  std::shared_ptr<void> batch_host_;
-  size_t batch_host_bytes_ = 0;
+  // Uploads and the batch layout go through pinned staging (uploads larger than kMaxStagedUpload do not).
+  static constexpr size_t kMaxStagedUpload = size_t{64} << 20;
+  cuda::PinnedStaging staging_;
+  // Fences: events reused round-robin (record_fence).
+  static constexpr uint64_t kFenceRing = 64;
+  std::vector<cudaEvent_t> fences_;
+  uint64_t last_fence_ = 0;
+  // The current forward's layout (begin_forward): its device copy and the view.
   DeviceBuffer batch_dev_;
   cuda::DeviceBatch batch_;
   const AttentionBatch* batch_src_ = nullptr;  // which AttentionBatch batch_ describes (checked by the ops)
@@ -104,6 +120,9 @@ class CudaBackend final : public Backend {
   std::map<uint64_t, cudaGraphExec_t> graphs_;
   std::optional<cuda::AttentionParams> attention_shape_;
   bool capturing_ = false;
+  // begin_sampling's settings (sampling.h's layout) and the number of rows they cover.
+  DeviceBuffer sampling_settings_;
+  int64_t sampling_rows_ = 0;
   bool graphs_enabled_ = true;  // KILN_CUDA_GRAPHS=0 turns graphs off (for comparisons)
   bool gemv_enabled_ = true;    // KILN_CUDA_GEMV=0: batch 1..4 linears through cuBLASLt (for comparisons)
   bool fusion_enabled_ = true;  // KILN_CUDA_FUSION=0: decode blocks as separate ops (for comparisons)
@@ -120,11 +139,14 @@ class CudaBackend final : public Backend {
     void print(const char* name) const;
   };
   bool timing_ = false;
-  cudaEvent_t ev_begin_ = nullptr, ev_end_ = nullptr;
-  bool ev_pending_ = false, ev_graphed_ = false;
-  float ev_host_ms_ = 0;
+  struct TimedForward {
+    cudaEvent_t begin = nullptr, end = nullptr;
+    bool graphed = false;
+    float host_ms = 0;
+  };
+  std::deque<TimedForward> timed_;
   ForwardTimes graphed_times_, other_times_;
-  void collect_timing();
+  void collect_timing(bool wait);
 };
 
 }  // namespace kiln

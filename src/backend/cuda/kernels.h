@@ -65,6 +65,9 @@ void convert(const void* x, DType from, void* out, DType to, int64_t n, cudaStre
 // index, as the host sampler). logits [rows, vocab] f32, ids [rows] i32.
 void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* ids, cudaStream_t stream);
 
+// ids[pairs[2i]] = src[pairs[2i + 1]] for i < n.   src [R] i32, pairs [n, 2] i32, ids [T] i32
+void scatter_tokens(const int32_t* src, const int32_t* pairs, int64_t n, int32_t* ids, cudaStream_t stream);
+
 // out = x * rsqrt(mean(x^2) + eps) * w, per row. x, out [rows, dim] act; w [dim] f32. out may alias x.
 void rmsnorm(const void* x, const float* w, float eps, void* out, int64_t rows, int64_t dim, DType act,
              cudaStream_t stream);
@@ -105,8 +108,16 @@ struct AttentionParams {
   float scale = 0;
   int32_t window = 0;
 };
-// Scratch the attention may use (split-KV partial results), sized by attention_workspace_bytes.
+// Scratch the attention may use (split-KV partial results and the decode kernel's arrival counters), sized by
+// attention_workspace_bytes. Its first attention_workspace_counter_bytes() bytes (the counters) must be zero
+// when it is first used: zero the workspace once when it is allocated (cudaMemset). Every call leaves them
+// zero again (also a CUDA graph of calls, replayed), so no call needs a memset; the rest needs no init.
 size_t attention_workspace_bytes(const AttentionParams& p, int32_t max_tokens, int32_t max_context_len);
+size_t attention_workspace_counter_bytes();
+// For tests and measurements: whether the split-KV decode on tensor cores merges its splits in the last CTA
+// of each (token, kv head) (the default; KILN_ATTN_COMBINE_FUSION=0 at start turns it off) or in a separate
+// combine kernel. Same output bits either way.
+void set_attention_combine_fusion(bool on);
 void paged_attention(const void* q, DType act, const DeviceKv& kv, const DeviceBatch& b, const AttentionParams& p,
                      void* out, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 

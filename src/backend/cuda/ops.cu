@@ -576,6 +576,17 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab, i
   }
 }
 
+// ---------------------------------------------------------------- scatter_tokens
+
+__global__ void scatter_tokens_kernel(const int32_t* __restrict__ src, const int32_t* __restrict__ pairs, int64_t n,
+                                      int32_t* __restrict__ ids) {
+  pdl_wait();
+  pdl_launch_dependents();
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    ids[pairs[2 * i]] = src[pairs[2 * i + 1]];
+}
+
 // ---------------------------------------------------------------- add
 
 template <typename T>
@@ -597,6 +608,13 @@ void add(void* residual, const void* delta, int64_t n, DType act, cudaStream_t s
     launch_kernel(add_kernel<T>, blocks, 256, 0, stream, static_cast<T*>(residual), static_cast<const T*>(delta), n);
     check_launch("add");
   });
+}
+
+void scatter_tokens(const int32_t* src, const int32_t* pairs, int64_t n, int32_t* ids, cudaStream_t stream) {
+  if (n == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 1024));
+  launch_kernel(scatter_tokens_kernel, blocks, 256, 0, stream, src, pairs, n, ids);
+  check_launch("scatter_tokens");
 }
 
 void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* ids, cudaStream_t stream) {
