@@ -55,6 +55,8 @@ if [[ $what == phi3 || $what == all ]]; then
   grep "timing" "$OUT/phi3_decode_b1.err"
   KILN_CUDA_GRAPHS=0 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 \
     --concurrency 1 --warmup 1 --json >"$OUT/phi3_decode_b1_nographs.json" 2>"$OUT/phi3_decode_b1_nographs.err"
+  KILN_OVERLAP=0 KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 \
+    --num_requests 3 --concurrency 1 --warmup 1 --json >"$OUT/phi3_decode_b1_nooverlap.json" 2>"$OUT/phi3_decode_b1_nooverlap.err"
   for off in PDL FUSION ROPE_FUSION; do  # each feature switched off in turn, for comparison
     name=phi3_decode_b1_no$(echo $off | tr A-Z a-z | tr -d _)
     env KILN_CUDA_$off=0 KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 --num_requests 3 \
@@ -66,7 +68,7 @@ if [[ $what == phi3 || $what == all ]]; then
 import json, sys, os
 out = sys.argv[1]
 with open(os.path.join(out, "phi3.jsonl"), "w") as all_:
-    for f in ("phi3_decode_b1.json", "phi3_decode_b1_nographs.json", "phi3_decode_b1_nopdl.json",
+    for f in ("phi3_decode_b1.json", "phi3_decode_b1_nooverlap.json", "phi3_decode_b1_nographs.json", "phi3_decode_b1_nopdl.json",
               "phi3_decode_b1_nofusion.json", "phi3_decode_b1_noropefusion.json", "phi3_ttft_1024.json"):
         try:
             j = json.loads(open(os.path.join(out, f)).read().strip().splitlines()[-1])
@@ -79,6 +81,18 @@ with open(os.path.join(out, "phi3.jsonl"), "w") as all_:
               f"itl p50 {j['itl_ms']['p50']:.3f} ms  decode tok/s/req p50 {j['decode_tokens_per_s_per_request']['p50']:.1f}")
 PY
   cat "$OUT"/phi3_*.err > "$OUT/phi3.log"; rm -f "$OUT"/phi3_*.err
+fi
+
+# A quick look: Phi-3-mini batch-1 decode with and without the host/GPU overlap, and the 1024-token TTFT.
+if [[ $what == phi3quick ]]; then
+  engine phi3 bench/shapes/phi-3-mini-128k-instruct.shape.json 64 2048 4096 || echo "phi3 engine failed"
+  for ov in 1 0 1; do
+    KILN_OVERLAP=$ov KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 \
+      --num_requests 3 --concurrency 1 --warmup 1 --json 2>"$OUT/phi3quick.err" | tail -1 | python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print('phi3 b1 overlap=$ov: decode %.1f tok/s, itl p50 %.3f ms' % (j['decode_tokens_per_s_per_request']['p50'], j['itl_ms']['p50']))"
+    grep timing "$OUT/phi3quick.err"
+  done
+  $K bench --engine_dir "$WORK/phi3-engine" --input_len 1024 --output_len 1 --num_requests 6 --concurrency 1 --warmup 1 \
+    --json 2>/dev/null | tail -1 | python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print('phi3 ttft(1024) p50 %.2f ms' % j['ttft_ms']['p50'])"
 fi
 
 if [[ $what == llama || $what == all ]]; then

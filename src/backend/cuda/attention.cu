@@ -22,8 +22,13 @@
 //    spread over "slots" (groups of lanes, one row each), each with its own online softmax in f32; slots
 //    are merged at the end (shuffles, then shared memory).
 //
-//  With several splits each decode CTA writes a partial (normalized output, log-sum-exp) to the workspace
-//  and combine_kernel merges them (one warp per output row). Both decode kernels are used for every batch
+//  With several splits each decode CTA writes a partial (normalized output, log-sum-exp) to the workspace.
+//  decode_mma_kernel merges them itself: each CTA counts its arrival on a counter of its (token, kv head,
+//  head group) in the workspace, and the last to arrive merges the splits' partials (combine_row, the
+//  arithmetic of combine_kernel) and sets the counter back to 0, so that the next launch (or graph replay)
+//  starts clean: the counters must be zero when the workspace is allocated. decode_kernel's partials, and
+//  decode_mma_kernel's with KILN_ATTN_COMBINE_FUSION=0, are merged by combine_kernel (one warp per output
+//  row). Both decode kernels are used for every batch
 //  whose sequences add at most kDecodeMaxNew tokens, and for all f32 batches. The decode and combine
 //  kernels are programmatic dependent launches (pdl.cuh): each waits for its predecessor before touching
 //  anything, then lets its successor launch.
@@ -133,6 +138,9 @@ struct DecodeArgs {
   void* out;          // [T, H * d] act
   float* ws_lse;      // [T, H, num_splits] log2-sum-exp of each split (splits > 1)
   float* ws_o;        // [T, H, num_splits, d] each split's normalized output (splits > 1)
+  // decode_mma_kernel with splits > 1: [T, KVH * hgroups] arrival counters (zero between launches); the
+  // last CTA of each merges the splits. Null: combine_kernel merges them.
+  int* counters;
   const int32_t* tokens;  // the tokens to attend, grid x = index into this list (null: token = grid x)
   const int32_t* token_seq;
   const int32_t* token_pos;
@@ -331,40 +339,28 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeArgs a) {
   }
 }
 
-// Merges the splits of each (list item, query head) row: one warp per row, grid ceil(rows / 4), block kThreads;
-// the output row is that of the item's token (tokens[item], or the item itself without a list).
-// out[row, :] = sum_i w_i o_i / sum_i w_i with w_i = exp2(lse_i - max lse). Split 0 is never empty.
+// One output row's merge of its splits by one warp: lse [num_splits] and o [num_splits, d] the row's partials,
+// dst [d] its output, w the warp's kMaxSplits floats of shared memory.
+// dst = sum_i w_i o_i / sum_i w_i with w_i = exp2(lse_i - max lse). Split 0 is never empty. The partials are
+// read through L2 (ld.global.cg): in decode_mma_kernel other CTAs of the same grid wrote them.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restrict__ ws_lse,
-                                                           const float* __restrict__ ws_o, T* __restrict__ out,
-                                                           int d, int num_splits, const int32_t* tokens, int H,
-                                                           int64_t num_rows) {
-  constexpr int kWarps = kThreads / 32;
-  __shared__ float w_sm[kWarps][kMaxSplits];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
-  pdl_wait();  // the partials come from the decode kernel
-  pdl_launch_dependents();
-  if (row >= num_rows) return;
-  float* w = w_sm[warp];
-  const float* lse = ws_lse + row * num_splits;
+__device__ __forceinline__ void combine_row(float* w, const float* lse, const float* o, T* dst, int d, int num_splits,
+                                            int lane) {
+  __syncwarp();  // the warp's previous row is done with w
   float mx = -INFINITY;
-  for (int i = lane; i < num_splits; i += 32) mx = fmaxf(mx, lse[i]);
+  for (int i = lane; i < num_splits; i += 32) mx = fmaxf(mx, __ldcg(lse + i));
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
   float sum = 0.0f;
   for (int i = lane; i < num_splits; i += 32) {
-    const float wi = exp2f(lse[i] - mx);  // empty split: lse = -inf, weight 0
+    const float wi = exp2f(__ldcg(lse + i) - mx);  // empty split: lse = -inf, weight 0
     w[i] = wi;
     sum += wi;
   }
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
   __syncwarp();
   const float inv = 1.0f / sum;
-  const float* o = ws_o + row * num_splits * d;
-  const int64_t item = row / H, head = row % H;
-  T* dst = out + ((tokens ? tokens[item] : item) * H + head) * d;
   if (d % 4 == 0) {
     // 4 consecutive elements per lane, four splits' loads in flight at a time.
     for (int e = 4 * lane; e < d; e += 128) {
@@ -373,7 +369,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restri
       for (; i + 4 <= num_splits; i += 4) {
         float4 x[4];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) x[u] = *reinterpret_cast<const float4*>(o + static_cast<int64_t>(i + u) * d + e);
+        for (int u = 0; u < 4; ++u) x[u] = __ldcg(reinterpret_cast<const float4*>(o + static_cast<int64_t>(i + u) * d + e));
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           const float wu = w[i + u];
@@ -384,7 +380,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restri
         }
       }
       for (; i < num_splits; ++i) {
-        const float4 x = *reinterpret_cast<const float4*>(o + static_cast<int64_t>(i) * d + e);
+        const float4 x = __ldcg(reinterpret_cast<const float4*>(o + static_cast<int64_t>(i) * d + e));
         const float wu = w[i];
         acc.x = fmaf(wu, x.x, acc.x);
         acc.y = fmaf(wu, x.y, acc.y);
@@ -401,10 +397,29 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restri
   } else {
     for (int e = lane; e < d; e += 32) {
       float x = 0.0f;
-      for (int i = 0; i < num_splits; ++i) x = fmaf(w[i], o[static_cast<int64_t>(i) * d + e], x);
+      for (int i = 0; i < num_splits; ++i) x = fmaf(w[i], __ldcg(o + static_cast<int64_t>(i) * d + e), x);
       dst[e] = from_f32<T>(x * inv);
     }
   }
+}
+
+// Merges the splits of each (list item, query head) row: one warp per row, grid ceil(rows / 4), block kThreads;
+// the output row is that of the item's token (tokens[item], or the item itself without a list).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) combine_kernel(const float* __restrict__ ws_lse,
+                                                           const float* __restrict__ ws_o, T* __restrict__ out,
+                                                           int d, int num_splits, const int32_t* tokens, int H,
+                                                           int64_t num_rows) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ float w_sm[kWarps][kMaxSplits];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  pdl_wait();  // the partials come from the decode kernel
+  pdl_launch_dependents();
+  if (row >= num_rows) return;
+  const int64_t item = row / H, head = row % H;
+  combine_row<T>(w_sm[warp], ws_lse + row * num_splits, ws_o + row * num_splits * d,
+                 out + ((tokens ? tokens[item] : item) * H + head) * d, d, num_splits, lane);
 }
 
 // ---------------------------------------------------------------- prefill (tensor-core) kernel
@@ -860,6 +875,7 @@ struct DecodeMmaCfg {
   static constexpr int SMEM_FUSED = RING_BYTES + NEW_BYTES > MERGE_BYTES ? RING_BYTES + NEW_BYTES : MERGE_BYTES;
   static_assert(D % 16 == 0 && (BN * CH) % 32 == 0, "whole k-steps and whole chunk rounds per lane");
   static_assert(STAGES >= 2, "at least double buffering");
+  static_assert(SMEM >= NW * kMaxSplits * 4, "the in-kernel combine's weights fit in the merge's space");
 };
 
 // grid (items, KVH * hgroups, num_splits), block C::THREADS. CTA (item, g * hgroups + hg, split): the item's
@@ -1185,6 +1201,25 @@ __global__ void __launch_bounds__(C::THREADS) decode_mma_kernel(const DecodeArgs
       if (e == 0) a.ws_lse[part] = lsum > 0.0f ? mx + log2f(lsum) : -INFINITY;
     }
   }
+  if (a.num_splits == 1 || a.counters == nullptr) return;
+
+  // Split-KV: the last CTA of this (item, kv head, head group) to get here merges all the splits' partials
+  // (combine_kernel's arithmetic, a warp per row) and sets the counter back to 0 for the next launch.
+  int* const counter = a.counters + static_cast<int64_t>(item) * gridDim.y + blockIdx.y;
+  __threadfence();  // this CTA's partials are visible to every CTA before its arrival is counted
+  __syncthreads();  // ... and every thread's (the merge's shared memory is also free from here on)
+  int last = 0;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == a.num_splits - 1;
+  if (!__syncthreads_or(last)) return;
+  __threadfence();  // the other CTAs' partials (their fences preceded their arrivals) are read after this
+  float* const w = reinterpret_cast<float*>(dyn_smem) + warp * kMaxSplits;
+  for (int r = warp; r < rows; r += NW) {
+    const int head = g * a.rep + head0 + r;
+    const int64_t row = static_cast<int64_t>(item) * a.H + head;
+    combine_row<T>(w, a.ws_lse + row * a.num_splits, a.ws_o + row * a.num_splits * D,
+                   static_cast<T*>(a.out) + (static_cast<int64_t>(t) * a.H + head) * D, D, a.num_splits, lane);
+  }
+  if (threadIdx.x == 0) *counter = 0;
 }
 
 // ---------------------------------------------------------------- host side
@@ -1273,11 +1308,27 @@ int decode_splits(const AttentionParams& p, int64_t num_tokens, int64_t max_cont
 
 constexpr size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
-// Workspace of one decode launch: [T, H, splits] lse, then [T, H, splits, d] outputs (none for one split).
+// decode_mma_kernel's arrival counters: one per CTA group (token, kv head, head group) of a split launch,
+// of which there are fewer than 2 per SM (decode_splits); at the workspace's start, the same place for every
+// launch shape, so that what one launch leaves (zeros) is what the next finds.
+size_t decode_counter_bytes() { return align_up(2 * static_cast<size_t>(device_sms()) * sizeof(int), 256); }
+
+// Whether decode_mma_kernel merges its splits itself (default) or combine_kernel does
+// (KILN_ATTN_COMBINE_FUSION=0, or set_attention_combine_fusion).
+std::atomic<int>& combine_fusion_flag() {
+  static std::atomic<int> flag{[] {
+    const char* e = std::getenv("KILN_ATTN_COMBINE_FUSION");
+    return e && e[0] == '0' && e[1] == 0 ? 0 : 1;
+  }()};
+  return flag;
+}
+
+// Workspace of one decode launch: the counters, [T, H, splits] lse, then [T, H, splits, d] outputs (none
+// for one split).
 size_t decode_workspace_bytes(const AttentionParams& p, int64_t num_tokens, int splits) {
   if (splits <= 1) return 0;
   const size_t rows = static_cast<size_t>(num_tokens) * p.num_heads * splits;
-  return align_up(rows * sizeof(float), 256) + rows * p.head_dim * sizeof(float);
+  return decode_counter_bytes() + align_up(rows * sizeof(float), 256) + rows * p.head_dim * sizeof(float);
 }
 
 void check_params(const AttentionParams& p) {
@@ -1486,10 +1537,15 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
   a.k = kv.k;
   a.v = kv.v;
   a.out = out;
+  const bool combine_in_kernel = mma && splits > 1 && combine_fusion_flag().load(std::memory_order_relaxed) != 0;
   if (splits > 1) {
     const size_t rows = static_cast<size_t>(decode_count) * p.num_heads * splits;
-    a.ws_lse = static_cast<float*>(workspace);
-    a.ws_o = reinterpret_cast<float*>(static_cast<char*>(workspace) + align_up(rows * sizeof(float), 256));
+    char* const ws = static_cast<char*>(workspace);
+    KILN_CHECK(static_cast<size_t>(decode_count) * p.num_kv_heads * hgroups * sizeof(int) <= decode_counter_bytes(),
+               "paged_attention: more split CTA groups than counters");
+    if (combine_in_kernel) a.counters = reinterpret_cast<int*>(ws);
+    a.ws_lse = reinterpret_cast<float*>(ws + decode_counter_bytes());
+    a.ws_o = reinterpret_cast<float*>(ws + decode_counter_bytes() + align_up(rows * sizeof(float), 256));
   }
   a.tokens = decode_list;
   a.token_seq = b.token_seq;
@@ -1517,7 +1573,7 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
   } else {
     launch_decode_d<T>(a, decode_group(rep), decode_count, stream);
   }
-  if (splits > 1) {
+  if (splits > 1 && !combine_in_kernel) {
     const int64_t rows = static_cast<int64_t>(decode_count) * p.num_heads;
     constexpr int kRowsPerCta = kThreads / 32;
     check_error(launch_kernel(combine_kernel<T>, dim3(static_cast<unsigned>(ceil_div(rows, kRowsPerCta))),
@@ -1546,6 +1602,10 @@ size_t attention_workspace_bytes(const AttentionParams& p, int32_t max_tokens, i
   }
   return best;
 }
+
+size_t attention_workspace_counter_bytes() { return decode_counter_bytes(); }
+
+void set_attention_combine_fusion(bool on) { combine_fusion_flag().store(on ? 1 : 0, std::memory_order_relaxed); }
 
 void paged_attention(const void* q, DType act, const DeviceKv& kv, const DeviceBatch& b, const AttentionParams& p,
                      void* out, void* workspace, size_t workspace_bytes, cudaStream_t stream) {

@@ -184,6 +184,9 @@ void* CudaBackend::scratch(DeviceBuffer& buf, size_t bytes) {
     auto grown = allocate(std::max(bytes, buf.bytes * 2));
     KILN_CHECK(grown.ok(), grown.status().to_string());
     buf = std::move(*grown);
+    // Zeroed once: the attention's split-combine arrival counters live at the start of its workspace and
+    // must start at 0 (each kernel leaves them at 0).
+    KILN_CUDA_CHECK(cudaMemsetAsync(buf.mem.get(), 0, buf.bytes, stream_));
   }
   return buf.mem.get();
 }

@@ -95,7 +95,7 @@ class CudaBackend final : public Backend {
   cuda::DeviceKv device_kv(const KvLayer& kv) const;
   void drop_graphs();
   void run_forward_ops_untimed(const std::function<void()>& ops);
-  // Grows a device scratch buffer to at least `bytes` (waits for the stream first: it may be in use).
+  // Grows a device scratch buffer to at least `bytes`, zeroed (waits for the stream first: it may be in use).
   void* scratch(DeviceBuffer& buf, size_t bytes);
 
   int device_ = 0;

@@ -694,7 +694,9 @@ bool gemv_supported(DType xt, DType wt, DType yt, int64_t m, int64_t n, int64_t 
   if (!plain) return false;
   const bool fused = fusion.prologue != GemvFusion::Prologue::kNone || fusion.add_to_y;
   if (!fused) return true;
-  if (yt != xt) return false;
+  // f32 y (logits): the RMSNorm prologue only (the final norm before the LM head); the epilogue adds into y of
+  // x's type.
+  if (yt != xt && (fusion.add_to_y || fusion.prologue != GemvFusion::Prologue::kRmsNorm)) return false;
   if (fusion.prologue == GemvFusion::Prologue::kRmsNorm && !(fusion.norm_weight && aligned16(fusion.norm_weight)))
     return false;
   // Every block redoes the SiLU of all of x: at m >= 3 that costs more than the silu_mul kernel it saves

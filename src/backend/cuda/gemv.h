@@ -20,8 +20,10 @@ constexpr int64_t kGemvMaxFusedXBytes = 128 * 1024;
 // The SiLU·mul prologue only up to this m (beyond it the unfused silu_mul + gemv measure faster).
 constexpr int64_t kGemvMaxSiluMulRows = 2;
 
-// What gemv() does around the product. Every fusion needs y of x's type (not an f32 y) and a Hopper GPU
-// (sm_90); gemv_supported says whether a given call can have it.
+// What gemv() does around the product. Every fusion needs a Hopper GPU (sm_90) and y of x's type, except
+// kRmsNorm alone, which also takes an f32 y (the final norm before the LM head's f32 logits: rounded to x's
+// type as rmsnorm() stores it, then the product as a plain gemv with f32 y); gemv_supported says whether a
+// given call can have it.
 struct GemvFusion {
   enum class Prologue {
     kNone,     // the product takes x [m, k] as is
@@ -37,9 +39,9 @@ struct GemvFusion {
 };
 
 // Whether gemv() takes this linear layer: x and W of one 16-bit type, y that type or f32, m <= kGemvMaxRows,
-// k % 8 == 0, x and W 16-byte aligned; with a fusion also y of x's type, an sm_90 device,
-// m * k * sizeof(T) <= kGemvMaxFusedXBytes, for kRmsNorm a 16-byte aligned norm_weight, for kSiluMul
-// m <= kGemvMaxSiluMulRows.
+// k % 8 == 0, x and W 16-byte aligned; with a fusion also y of x's type (or f32 for kRmsNorm without
+// add_to_y), an sm_90 device, m * k * sizeof(T) <= kGemvMaxFusedXBytes, for kRmsNorm a 16-byte aligned
+// norm_weight, for kSiluMul m <= kGemvMaxSiluMulRows.
 bool gemv_supported(DType xt, DType wt, DType yt, int64_t m, int64_t n, int64_t k, const void* x, const void* w,
                     const GemvFusion& fusion = {});
 

@@ -68,6 +68,14 @@ struct DevMem {
     if (src) CUDA_ASSERT(cudaMemcpy((mem).p, (src), (mem).bytes, cudaMemcpyHostToDevice)); \
   } while (0)
 
+// The attention workspace as the backend keeps it: poisoned (0xFF) but for its arrival counters, which are
+// zero from the allocation on (the kernels leave them zero).
+#define WS_INIT(mem)                                                                                       \
+  do {                                                                                                     \
+    CUDA_ASSERT(cudaMemset((mem).p, 0xFF, std::max<size_t>((mem).bytes, 16)));                            \
+    CUDA_ASSERT(cudaMemset((mem).p, 0, std::min((mem).bytes, attention_workspace_counter_bytes())));      \
+  } while (0)
+
 // A batch layout's arrays on the device and the DeviceBatch over them (what CudaBackend::begin_forward makes):
 // T = token_seq.size() tokens of S = first.size() sequences; tables [S, max_blocks_per_seq].
 struct DeviceLayout {
@@ -252,7 +260,7 @@ void check_case(const Case& c, const std::vector<SeqSpec>& specs, uint32_t seed)
   AttentionParams p{H, KVH, d, scale, c.window};
   const size_t ws_bytes = attention_workspace_bytes(p, static_cast<int32_t>(T), max_ctx);
   DEV_ALLOC(dws, ws_bytes, static_cast<const void*>(nullptr));
-  CUDA_ASSERT(cudaMemset(dws.p, 0xFF, std::max<size_t>(ws_bytes, 16)));
+  WS_INIT(dws);
 
   DeviceBatch b = layout.batch;
   DeviceKv kv;
@@ -322,6 +330,49 @@ void check_case(const Case& c, const std::vector<SeqSpec>& specs, uint32_t seed)
   ASSERT_EQ(bad, 0) << bad << " non-finite outputs (unwritten or NaN), first at " << where(first_bad);
   EXPECT_LT(rel, tolerance(c.dtype)) << "relative L2 error " << rel << "; max abs error " << worst << " at "
                                      << where(worst_i);
+
+  // The same call again, in a CUDA graph replayed three times, and with the splits merged by the separate
+  // combine kernel (instead of the decode kernel's last CTA): the same bits every time (the arrival
+  // counters are back to zero after each call).
+  const auto same_again = [&](const char* what) {
+    std::vector<uint8_t> again(dout.bytes);
+    CUDA_ASSERT(cudaMemcpy(again.data(), dout.p, dout.bytes, cudaMemcpyDeviceToHost));
+    size_t i = 0;
+    while (i < again.size() && again[i] == out_raw[i]) ++i;
+    ASSERT_EQ(i, again.size()) << what << ": output byte " << i << " differs from the first call's";
+  };
+  CUDA_ASSERT(cudaMemset(dout.p, 0xFF, qn * esize));
+  paged_attention(dq.p, c.dtype, kv, b, p, dout.p, dws.p, ws_bytes, stream.s);
+  CUDA_ASSERT(cudaGetLastError());
+  CUDA_ASSERT(cudaStreamSynchronize(stream.s));
+  ASSERT_NO_FATAL_FAILURE(same_again("second call"));
+  {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    CUDA_ASSERT(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeThreadLocal));
+    paged_attention(dq.p, c.dtype, kv, b, p, dout.p, dws.p, ws_bytes, stream.s);
+    CUDA_ASSERT(cudaStreamEndCapture(stream.s, &graph));
+    CUDA_ASSERT(cudaGraphInstantiate(&exec, graph, 0));
+    for (int rep = 0; rep < 3; ++rep) {
+      CUDA_ASSERT(cudaMemsetAsync(dout.p, 0xFF, qn * esize, stream.s));
+      CUDA_ASSERT(cudaGraphLaunch(exec, stream.s));
+      CUDA_ASSERT(cudaStreamSynchronize(stream.s));
+      ASSERT_NO_FATAL_FAILURE(same_again("graph replay"));
+    }
+    CUDA_ASSERT(cudaGraphExecDestroy(exec));
+    CUDA_ASSERT(cudaGraphDestroy(graph));
+  }
+  set_attention_combine_fusion(false);
+  CUDA_ASSERT(cudaMemset(dout.p, 0xFF, qn * esize));
+  paged_attention(dq.p, c.dtype, kv, b, p, dout.p, dws.p, ws_bytes, stream.s);
+  set_attention_combine_fusion(true);
+  CUDA_ASSERT(cudaGetLastError());
+  CUDA_ASSERT(cudaStreamSynchronize(stream.s));
+  ASSERT_NO_FATAL_FAILURE(same_again("separate combine kernel"));
+  // Every counter back at zero.
+  std::vector<int32_t> counters(std::min(ws_bytes, attention_workspace_counter_bytes()) / 4);
+  CUDA_ASSERT(cudaMemcpy(counters.data(), dws.p, counters.size() * 4, cudaMemcpyDeviceToHost));
+  for (size_t i = 0; i < counters.size(); ++i) ASSERT_EQ(counters[i], 0) << "arrival counter " << i;
   }
 }
 
@@ -358,6 +409,22 @@ TEST(CudaAttention, DecodeSplitsLongContexts) {
         check_case({dt, 128, 8, 8, w, bs}, {{1, 129}, {1, 2500}}, seed++);
         if (HasFatalFailure()) return;
       }
+}
+
+TEST(CudaAttention, DecodeCombineInKernelManySplits) {
+  // Batch 1 to 3 up to 32K context: up to 128 splits per (token, kv head), merged by the last CTA of each;
+  // check_case also replays the call in a graph and compares with the separate combine kernel, bit for bit.
+  SKIP_WITHOUT_GPU();
+  uint32_t seed = 1500;
+  for (DType dt : {DType::kF16, DType::kBF16}) {
+    check_case({dt, 128, 32, 8, 0, 16}, {{1, 32768}}, seed++);
+    check_case({dt, 96, 32, 32, 0, 64}, {{1, 32000}}, seed++);   // Phi-3-mini's heads
+    check_case({dt, 96, 32, 32, 0, 16}, {{1, 1024}}, seed++);
+    check_case({dt, 64, 64, 4, 0, 64}, {{1, 16384}, {1, 7}, {1, 9000}}, seed++);   // 16 query heads per kv head
+    check_case({dt, 128, 40, 2, 2000, 16}, {{1, 20000}, {1, 2100}}, seed++);      // two head groups, window
+    check_case({dt, 32, 8, 1, 0, 8}, {{1, 12345}, {3, 300}}, seed++);             // several tokens of one seq
+    if (HasFatalFailure()) return;
+  }
 }
 
 TEST(CudaAttention, DecodeOddGroups) {
@@ -542,6 +609,7 @@ void check_rope_fused(const test::RopeAttentionCase& c, const std::vector<int32_
   AttentionParams p{H, KVH, d, 1.0f / std::sqrt(static_cast<float>(d)), 0};
   const size_t ws_bytes = attention_workspace_bytes(p, T, max_ctx);
   DEV_ALLOC(ws, ws_bytes, static_cast<const void*>(nullptr));
+  WS_INIT(ws);
   DeviceBatch b = layout.batch;
   QkvParams qp{H, KVH, d, d, 1e-6f, nullptr, nullptr};
   DeviceKv kv1{k1.p, v1.p, c.dtype, static_cast<int32_t>(total_blocks), KVH, d};
@@ -707,6 +775,7 @@ void build_timed(TimedBatch& t, int num_seqs, int num_new, int ctx, int H, int K
   t.p = AttentionParams{H, KVH, d, 1.0f / std::sqrt(static_cast<float>(d)), 0};
   t.ws_bytes = attention_workspace_bytes(t.p, t.b.num_tokens, ctx);
   DEV_ALLOC(t.ws, t.ws_bytes, static_cast<const void*>(nullptr));
+  WS_INIT(t.ws);
 }
 
 // Captures `reps` calls of `step` on `s` into a CUDA graph, replays it once to warm up, then times three replays:
