@@ -162,8 +162,9 @@ class Backend {
   // A mark after all work queued so far; wait_fence(f) returns once that work is done.
   virtual uint64_t record_fence() { return 0; }
   virtual void wait_fence(uint64_t fence) {}
-  // ids[pairs[i][0]] = src[pairs[i][1]]: a forward's input tokens taken from the ids the previous forward picked
-  // on the device, before the host has seen them.     src [R] i32, pairs [P, 2] i32 (backend memory), ids [T] i32
+  // ids[pairs[1 + 2i]] = src[pairs[2 + 2i]] for i < P = pairs[0]: a forward's input tokens taken from the ids the
+  // previous forward picked on the device, before the host has seen them. P is read where the data is (a GPU
+  // graph replays the op for any P <= ids.numel()).   src [R] i32, pairs [1 + 2 * cap] i32, ids [T] i32
   virtual void scatter_tokens(const Tensor& src, const Tensor& pairs, Tensor& ids) = 0;
 
   // Sets `bytes` bytes at `dst` (backend memory) to zero / copies them from `src` (backend memory); queued.

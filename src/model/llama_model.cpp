@@ -124,12 +124,11 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
     Shape shape;
   };
   const Part parts[] = {
-      {&ids_, DType::kI32, {T}},
-      {&token_pairs_, DType::kI32, {T, 2}},
-      {&logit_rows_, DType::kI32, {R}},
+      // A forward's inputs, packed as launch() uploads them in one copy: previous-token count and pairs,
+      // ids [T], logit rows [R], cos/sin [T, rotary_dim] (4-byte words; see input_views).
+      {&inputs_, DType::kI32, {1 + 2 * T + T + R + T * c.rope.rotary_dim}},
       {&argmax_, DType::kI32, {R}},
       {&log_probs_, DType::kF32, {R}},
-      {&cos_sin_, DType::kF32, {T, c.rope.rotary_dim}},
       {&x_, act_, {T, c.hidden_size}},
       {&h_, act_, {T, c.hidden_size}},
       {&qkv_, act_, {T, c.qkv_dim()}},
@@ -162,9 +161,8 @@ Status LlamaModel::reserve_workspace() {
 
 // cos | sin of every token's position, with the frequencies of its sequence at this step
 // (dynamic NTK and LongRoPE depend on the sequence length).
-void LlamaModel::fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cs) {
+void LlamaModel::fill_cos_sin(const ForwardBatch& batch, float* cs) {
   const int rot = config_.rope.rotary_dim;
-  cs.resize(static_cast<size_t>(batch.token_ids.size()) * rot);
   for (size_t i = 0; i < batch.attention.seqs.size(); ++i) {
     const SequenceView& s = batch.attention.seqs[i];
     const int32_t len = i < batch.rope_seq_len.size() ? std::max(s.context_len, batch.rope_seq_len[i]) : s.context_len;
@@ -176,7 +174,7 @@ void LlamaModel::fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cs)
       freqs_key_ = key;
     }
     const float* rows = cos_sin_cache_.rows(*freqs_, s.context_len - s.num_new, s.num_new);
-    std::copy(rows, rows + static_cast<size_t>(s.num_new) * rot, cs.data() + static_cast<size_t>(s.first_token) * rot);
+    std::copy(rows, rows + static_cast<size_t>(s.num_new) * rot, cs + static_cast<size_t>(s.first_token) * rot);
   }
 }
 
@@ -235,26 +233,34 @@ Status LlamaModel::launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutpu
   KILN_RETURN_IF_ERROR(ensure_workspace(T, R));
   if (!batch.previous_tokens.empty() && last_rows_ == 0)
     return failed_precondition("forward: previous tokens after the workspace grew");
-  Tensor ids = ids_.rows(0, T), rows = logit_rows_.rows(0, R), cos_sin = cos_sin_.rows(0, T), x = x_.rows(0, T),
+  // The inputs, packed in 4-byte words: [0] the number P of previous tokens, [1, 1 + 2T) their (token, row)
+  // pairs (P used), then ids [T], logit rows [R], cos/sin [T, rot]. Offsets depend on T and R only, so a graph
+  // recorded for a shape finds its inputs where it left them. One upload for all of them.
+  const int rot = c.rope.rotary_dim;
+  const int64_t P = static_cast<int64_t>(batch.previous_tokens.size());
+  const int64_t at_ids = 1 + 2 * T, at_rows = at_ids + T, at_cs = at_rows + R, words = at_cs + T * rot;
+  packed_.resize(static_cast<size_t>(words));
+  int32_t* w = packed_.data();
+  w[0] = static_cast<int32_t>(P);
+  for (int64_t i = 0; i < P; ++i) {
+    w[1 + 2 * i] = batch.previous_tokens[i].first;
+    w[2 + 2 * i] = batch.previous_tokens[i].second;
+  }
+  std::fill(w + 1 + 2 * P, w + at_ids, 0);
+  std::copy(batch.token_ids.begin(), batch.token_ids.end(), w + at_ids);
+  std::copy(batch.logit_rows.begin(), batch.logit_rows.end(), w + at_rows);
+  static_assert(sizeof(float) == sizeof(int32_t));
+  fill_cos_sin(batch, reinterpret_cast<float*>(w + at_cs));
+  int32_t* in = inputs_.as<int32_t>();
+  Tensor pairs{in, DType::kI32, {at_ids}}, ids{in + at_ids, DType::kI32, {T}}, rows{in + at_rows, DType::kI32, {R}},
+      cos_sin{in + at_cs, DType::kF32, {T, rot}};
+  backend_.upload(w, Tensor{in, DType::kI32, {words}});
+  Tensor x = x_.rows(0, T),
          h = h_.rows(0, T), qkv = qkv_.rows(0, T), q = q_.rows(0, T), attn = attn_.rows(0, T),
          proj = proj_.rows(0, T), gate_up = gate_up_.rows(0, T), act = mlp_act_.rows(0, T),
          final_h = final_h_.rows(0, R), out_logits = logits_.rows(0, R), out_argmax = argmax_.rows(0, R),
          out_log_probs = log_probs_.rows(0, R);
 
-  // Host side: positions' cos/sin, the batch's ids, rows and layout into backend memory. Tokens the previous
-  // forward picked on the device are copied from its ids (argmax_) before this forward overwrites them.
-  std::vector<float> cs;
-  fill_cos_sin(batch, cs);
-  backend_.upload(batch.token_ids.data(), ids);
-  if (!batch.previous_tokens.empty()) {
-    const int64_t P = static_cast<int64_t>(batch.previous_tokens.size());
-    Tensor pairs = token_pairs_.rows(0, P);
-    static_assert(sizeof(std::pair<int32_t, int32_t>) == 2 * sizeof(int32_t));
-    backend_.upload(batch.previous_tokens.data(), pairs);
-    backend_.scatter_tokens(argmax_.rows(0, last_rows_), pairs, ids);
-  }
-  backend_.upload(batch.logit_rows.data(), rows);
-  backend_.upload(cs.data(), cos_sin);
   if (output == ForwardOutput::kSample) KILN_RETURN_IF_ERROR(backend_.begin_sampling(*sampling));
   KILN_RETURN_IF_ERROR(backend_.begin_forward(batch.attention, static_cast<int32_t>(R), output));
 
@@ -270,6 +276,8 @@ Status LlamaModel::launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutpu
     // x: the residual stream [T, hidden]. Unfused, each block's output (proj) is added into x by the next
     // norm (add_rmsnorm: one pass); fused (decode sizes on a GPU), the block's linears add into x themselves.
     const bool fused = backend_.fuses_block_linears(T);
+    // Tokens the previous forward picked on the device, from its ids (argmax_) before this one overwrites them.
+    backend_.scatter_tokens(argmax_, pairs, ids);
     backend_.embedding(embed_, ids, x);
     for (size_t l = 0; l < layers_.size(); ++l) {
       LayerWeights& w = layers_[l];

@@ -87,7 +87,7 @@ class LlamaModel {
   LlamaModel(const Engine& engine, Backend& backend) : config_(engine.model), build_(engine.build), backend_(backend) {}
   Status ensure_workspace(int64_t tokens, int64_t logit_rows);
   Status check_batch(const ForwardBatch& batch, const KvStorage& kv) const;
-  void fill_cos_sin(const ForwardBatch& batch, std::vector<float>& cos_sin);
+  void fill_cos_sin(const ForwardBatch& batch, float* cos_sin);  // [T, rotary_dim]
 
   ModelConfig config_;
   BuildConfig build_;
@@ -106,8 +106,8 @@ class LlamaModel {
   // Activation workspace, grown on demand; views are [T, ...] of the current batch.
   int64_t ws_tokens_ = 0, ws_logit_rows_ = 0;
   DeviceBuffer ws_;
-  Tensor ids_, token_pairs_, logit_rows_, argmax_, log_probs_, cos_sin_, x_, h_, qkv_, q_, attn_, proj_, gate_up_,
-      mlp_act_, final_h_, logits_;
+  Tensor inputs_, argmax_, log_probs_, x_, h_, qkv_, q_, attn_, proj_, gate_up_, mlp_act_, final_h_, logits_;
+  std::vector<int32_t> packed_;  // the inputs on the host
 
   // Forwards launched and not collected, oldest first. Ids and log-probs come back through two pinned host slots
   // (forward N's while N+1 is queued); logits through a synchronous download at collect.

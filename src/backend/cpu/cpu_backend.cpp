@@ -139,7 +139,7 @@ void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) {
 
 void CpuBackend::scatter_tokens(const Tensor& src, const Tensor& pairs, Tensor& ids) {
   const int32_t* p = pairs.as<int32_t>();
-  for (int64_t i = 0; i < pairs.dim(0); ++i) ids.as<int32_t>()[p[2 * i]] = src.as<int32_t>()[p[2 * i + 1]];
+  for (int32_t i = 0; i < p[0]; ++i) ids.as<int32_t>()[p[1 + 2 * i]] = src.as<int32_t>()[p[2 + 2 * i]];
 }
 
 void CpuBackend::argmax_rows(const Tensor& logits, Tensor& ids) {

@@ -148,7 +148,7 @@ void CudaBackend::wait_fence(uint64_t fence) {
 }
 
 void CudaBackend::scatter_tokens(const Tensor& src, const Tensor& pairs, Tensor& ids) {
-  cuda::scatter_tokens(src.as<int32_t>(), pairs.as<int32_t>(), pairs.dim(0), ids.as<int32_t>(), stream_);
+  cuda::scatter_tokens(src.as<int32_t>(), pairs.as<int32_t>(), ids.numel(), ids.as<int32_t>(), stream_);
 }
 
 void CudaBackend::download(const Tensor& src, void* host) {

@@ -65,8 +65,9 @@ void convert(const void* x, DType from, void* out, DType to, int64_t n, cudaStre
 // index, as the host sampler). logits [rows, vocab] f32, ids [rows] i32.
 void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* ids, cudaStream_t stream);
 
-// ids[pairs[2i]] = src[pairs[2i + 1]] for i < n.   src [R] i32, pairs [n, 2] i32, ids [T] i32
-void scatter_tokens(const int32_t* src, const int32_t* pairs, int64_t n, int32_t* ids, cudaStream_t stream);
+// ids[pairs[1 + 2i]] = src[pairs[2 + 2i]] for i < min(pairs[0], cap) (the count read on the device).
+// src [R] i32, pairs [1 + 2 * cap] i32, ids [cap] i32
+void scatter_tokens(const int32_t* src, const int32_t* pairs, int64_t cap, int32_t* ids, cudaStream_t stream);
 
 // out = x * rsqrt(mean(x^2) + eps) * w, per row. x, out [rows, dim] act; w [dim] f32. out may alias x.
 void rmsnorm(const void* x, const float* w, float eps, void* out, int64_t rows, int64_t dim, DType act,

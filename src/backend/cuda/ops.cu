@@ -578,13 +578,14 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int64_t vocab, i
 
 // ---------------------------------------------------------------- scatter_tokens
 
-__global__ void scatter_tokens_kernel(const int32_t* __restrict__ src, const int32_t* __restrict__ pairs, int64_t n,
+__global__ void scatter_tokens_kernel(const int32_t* __restrict__ src, const int32_t* __restrict__ pairs, int64_t cap,
                                       int32_t* __restrict__ ids) {
   pdl_wait();
   pdl_launch_dependents();
+  const int64_t n = min(static_cast<int64_t>(pairs[0]), cap);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    ids[pairs[2 * i]] = src[pairs[2 * i + 1]];
+    ids[pairs[1 + 2 * i]] = src[pairs[2 + 2 * i]];
 }
 
 // ---------------------------------------------------------------- add
@@ -610,10 +611,10 @@ void add(void* residual, const void* delta, int64_t n, DType act, cudaStream_t s
   });
 }
 
-void scatter_tokens(const int32_t* src, const int32_t* pairs, int64_t n, int32_t* ids, cudaStream_t stream) {
-  if (n == 0) return;
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 1024));
-  launch_kernel(scatter_tokens_kernel, blocks, 256, 0, stream, src, pairs, n, ids);
+void scatter_tokens(const int32_t* src, const int32_t* pairs, int64_t cap, int32_t* ids, cudaStream_t stream) {
+  if (cap == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(cap, 256), 1024));
+  launch_kernel(scatter_tokens_kernel, blocks, 256, 0, stream, src, pairs, cap, ids);
   check_launch("scatter_tokens");
 }
 
