@@ -6,6 +6,17 @@ std::shared_ptr<void> Backend::allocate_host(size_t bytes) {
   return std::shared_ptr<void>(::operator new(bytes ? bytes : 1), [](void* p) { ::operator delete(p); });
 }
 
+Result<Tensor> Backend::begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, ForwardOutput output,
+                                     std::span<const int32_t> inputs) {
+  const size_t bytes = inputs.size() * sizeof(int32_t);
+  if (forward_inputs_.bytes < bytes) {
+    KILN_ASSIGN_OR_RETURN(forward_inputs_, allocate(std::max(bytes, 2 * forward_inputs_.bytes)));
+  }
+  Tensor t = forward_inputs_.view(DType::kI32, {static_cast<int64_t>(inputs.size())});
+  upload(inputs.data(), t);
+  return t;
+}
+
 size_t KvCacheSpec::bytes_per_block() const {
   return 2ull * num_layers * num_kv_heads * block_size * head_dim * dtype_size(dtype);
 }

@@ -130,6 +130,9 @@ struct SamplingBatch {
 };
 
 class Backend {
+ protected:
+  DeviceBuffer forward_inputs_;  // begin_forward's default keeps the inputs here
+
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
@@ -172,11 +175,13 @@ class Backend {
   virtual void copy_bytes(void* dst, const void* src, size_t bytes) = 0;
 
   // Called once per forward, before its ops, with the batch layout they will all get (a GPU uploads the
-  // block tables and positions here once instead of per layer), the number of logit rows it computes and
-  // what it ends with (argmax_rows or sample_rows: then only token ids leave the device).
-  virtual Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, ForwardOutput output) {
-    return {};
-  }
+  // block tables and positions here once instead of per layer), the number of logit rows it computes, what it
+  // ends with (argmax_rows or sample_rows: then only token ids leave the device), and the forward's own inputs
+  // (host words its ops read: ids, cos/sin...). Returns where those inputs are in backend memory (a GPU copies
+  // them with the layout in one transfer): valid until the next begin_forward, and at the same place for
+  // forwards with the same number of input words as long as nothing is allocated in between.
+  virtual Result<Tensor> begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, ForwardOutput output,
+                                       std::span<const int32_t> inputs);
   // Runs the forward's ops (`ops` calls this backend's ops only: no uploads, downloads or waits, and only
   // buffers allocated before). A GPU may record them into a graph for the batch shape begin_forward saw
   // and replay it for later forwards of that shape, which must then touch the same buffers.

@@ -124,9 +124,6 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
     Shape shape;
   };
   const Part parts[] = {
-      // A forward's inputs, packed as launch() uploads them in one copy: previous-token count and pairs,
-      // ids [T], logit rows [R], cos/sin [T, rotary_dim] (4-byte words; see input_views).
-      {&inputs_, DType::kI32, {1 + 2 * T + T + R + T * c.rope.rotary_dim}},
       {&argmax_, DType::kI32, {R}},
       {&log_probs_, DType::kF32, {R}},
       {&x_, act_, {T, c.hidden_size}},
@@ -235,7 +232,7 @@ Status LlamaModel::launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutpu
     return failed_precondition("forward: previous tokens after the workspace grew");
   // The inputs, packed in 4-byte words: [0] the number P of previous tokens, [1, 1 + 2T) their (token, row)
   // pairs (P used), then ids [T], logit rows [R], cos/sin [T, rot]. Offsets depend on T and R only, so a graph
-  // recorded for a shape finds its inputs where it left them. One upload for all of them.
+  // recorded for a shape finds its inputs where it left them. begin_forward uploads them with the layout.
   const int rot = c.rope.rotary_dim;
   const int64_t P = static_cast<int64_t>(batch.previous_tokens.size());
   const int64_t at_ids = 1 + 2 * T, at_rows = at_ids + T, at_cs = at_rows + R, words = at_cs + T * rot;
@@ -251,18 +248,17 @@ Status LlamaModel::launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutpu
   std::copy(batch.logit_rows.begin(), batch.logit_rows.end(), w + at_rows);
   static_assert(sizeof(float) == sizeof(int32_t));
   fill_cos_sin(batch, reinterpret_cast<float*>(w + at_cs));
-  int32_t* in = inputs_.as<int32_t>();
+  if (output == ForwardOutput::kSample) KILN_RETURN_IF_ERROR(backend_.begin_sampling(*sampling));
+  KILN_ASSIGN_OR_RETURN(Tensor inputs, backend_.begin_forward(batch.attention, static_cast<int32_t>(R), output, packed_));
+  int32_t* in = inputs.as<int32_t>();
   Tensor pairs{in, DType::kI32, {at_ids}}, ids{in + at_ids, DType::kI32, {T}}, rows{in + at_rows, DType::kI32, {R}},
       cos_sin{in + at_cs, DType::kF32, {T, rot}};
-  backend_.upload(w, Tensor{in, DType::kI32, {words}});
   Tensor x = x_.rows(0, T),
          h = h_.rows(0, T), qkv = qkv_.rows(0, T), q = q_.rows(0, T), attn = attn_.rows(0, T),
          proj = proj_.rows(0, T), gate_up = gate_up_.rows(0, T), act = mlp_act_.rows(0, T),
          final_h = final_h_.rows(0, R), out_logits = logits_.rows(0, R), out_argmax = argmax_.rows(0, R),
          out_log_probs = log_probs_.rows(0, R);
 
-  if (output == ForwardOutput::kSample) KILN_RETURN_IF_ERROR(backend_.begin_sampling(*sampling));
-  KILN_RETURN_IF_ERROR(backend_.begin_forward(batch.attention, static_cast<int32_t>(R), output));
 
   const float eps = static_cast<float>(c.rms_norm_eps);
   QkvLayout qkv_layout{static_cast<int>(c.num_heads), static_cast<int>(c.num_kv_heads), static_cast<int>(c.head_dim),

@@ -106,7 +106,7 @@ class LlamaModel {
   // Activation workspace, grown on demand; views are [T, ...] of the current batch.
   int64_t ws_tokens_ = 0, ws_logit_rows_ = 0;
   DeviceBuffer ws_;
-  Tensor inputs_, argmax_, log_probs_, x_, h_, qkv_, q_, attn_, proj_, gate_up_, mlp_act_, final_h_, logits_;
+  Tensor argmax_, log_probs_, x_, h_, qkv_, q_, attn_, proj_, gate_up_, mlp_act_, final_h_, logits_;
   std::vector<int32_t> packed_;  // the inputs on the host
 
   // Forwards launched and not collected, oldest first. Ids and log-probs come back through two pinned host slots

@@ -191,9 +191,11 @@ void* CudaBackend::scratch(DeviceBuffer& buf, size_t bytes) {
   return buf.mem.get();
 }
 
-// One int32 array holds the whole layout: token_seq [T], token_pos [T], seq_first_token [S], seq_num_new [S],
-// seq_context_len [S], block_tables [S, max_blocks]; staged in pinned memory and copied with one memcpy.
-Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, ForwardOutput output) {
+// One int32 array holds the forward's inputs (padded to 64 bytes: their place depends on their size alone) and
+// then the layout: token_seq [T], token_pos [T], seq_first_token [S], seq_num_new [S], seq_context_len [S],
+// block_tables [S, max_blocks], prefill sequences, decode tokens; staged in pinned memory, copied with one memcpy.
+Result<Tensor> CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, ForwardOutput output,
+                                          std::span<const int32_t> inputs) {
   const int32_t T = batch.num_tokens, S = static_cast<int32_t>(batch.seqs.size());
   int32_t max_blocks = 1, max_ctx = 0, max_new = 0;
   for (const SequenceView& s : batch.seqs) {
@@ -221,10 +223,13 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
       num_decode_tokens += s.num_new;
     }
   }
-  const size_t n = 2 * static_cast<size_t>(T) + 3 * static_cast<size_t>(S) + static_cast<size_t>(S) * max_blocks +
+  const size_t in_words = (inputs.size() + 15) / 16 * 16;
+  const size_t n = in_words + 2 * static_cast<size_t>(T) + 3 * static_cast<size_t>(S) + static_cast<size_t>(S) * max_blocks +
                    static_cast<size_t>(num_prefill) + static_cast<size_t>(num_decode_tokens);
   const size_t bytes = n * sizeof(int32_t);
-  int32_t* h = static_cast<int32_t*>(staging_.reserve(bytes, stream_));
+  int32_t* const staged = static_cast<int32_t*>(staging_.reserve(bytes, stream_));
+  std::copy(inputs.begin(), inputs.end(), staged);
+  int32_t* h = staged + in_words;
   int32_t *token_seq = h, *token_pos = h + T, *first = h + 2 * T, *num_new = first + S, *ctx = num_new + S,
           *tables = ctx + S, *prefill_seqs = tables + static_cast<size_t>(S) * max_blocks,
           *decode_tokens = prefill_seqs + num_prefill;
@@ -248,9 +253,10 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
   }
   for (int32_t t = 0; t < T; ++t)
     if (token_seq[t] < 0) return invalid_argument("forward: token " + std::to_string(t) + " belongs to no sequence");
-  int32_t* d = static_cast<int32_t*>(scratch(batch_dev_, bytes));
-  KILN_CUDA_CHECK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_));
+  int32_t* const dev = static_cast<int32_t*>(scratch(batch_dev_, bytes));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(dev, staged, bytes, cudaMemcpyHostToDevice, stream_));
   staging_.copied(stream_);
+  int32_t* d = dev + in_words;
   batch_ = cuda::DeviceBatch{T,         S,         batch.block_size, max_blocks, max_ctx,   max_new,
                              d,         d + T,     d + 2 * T,        d + 2 * T + S, d + 2 * T + 2 * S,
                              d + 2 * T + 3 * S};
@@ -266,7 +272,7 @@ Status CudaBackend::begin_forward(const AttentionBatch& batch, int32_t num_logit
     const size_t ws = cuda::attention_workspace_bytes(*attention_shape_, T, max_ctx);
     if (ws) scratch(attn_workspace_, ws);
   }
-  return {};
+  return Tensor{dev, DType::kI32, {static_cast<int64_t>(inputs.size())}};
 }
 
 // Pending event pairs are read once they have completed (or, with `wait`, after waiting for them): timing

@@ -51,7 +51,8 @@ class CudaBackend final : public Backend {
   Result<std::unique_ptr<KvStorage>> create_kv_storage(const KvCacheSpec& spec) override;
   void zero_bytes(void* dst, size_t bytes) override;
   void copy_bytes(void* dst, const void* src, size_t bytes) override;
-  Status begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, ForwardOutput output) override;
+  Result<Tensor> begin_forward(const AttentionBatch& batch, int32_t num_logit_rows, ForwardOutput output,
+                               std::span<const int32_t> inputs) override;
   void run_forward_ops(const std::function<void()>& ops) override;
 
   void embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) override;
