@@ -110,6 +110,7 @@ Result<std::unique_ptr<Executor>> Executor::create(LlamaModel& model, Backend& b
        << (ex->drop_window_ ? "; sliding window " + std::to_string(ex->drop_window_) + " tokens" : "");
   ex->kv_plan_ = plan.str();
   if (const char* o = std::getenv("KILN_OVERLAP"); o && std::string(o) == "0") ex->config_.overlap = false;
+  if (const char* d = std::getenv("KILN_DEVICE_SAMPLING"); d && std::string(d) == "0") ex->config_.device_sampling = false;
   ex->seed_base_ = c.seed ? *c.seed : std::random_device{}() * 0x100000001ull ^ std::random_device{}();
   ex->stats_.max_active_requests = b.max_batch_size;
   ex->stats_.kv = ex->kv_->stats();
@@ -379,7 +380,7 @@ bool Executor::step() {
 
   // How this step's tokens get picked, and whether it may be launched before the step in flight is collected:
   // only when every row is picked on the device without needing the last token's value.
-  const bool device_sampling = backend_.samples_on_device();
+  const bool device_sampling = config_.device_sampling && backend_.samples_on_device();
   auto rows_of = [&](bool& device, bool& ahead) {
     device = true;
     ahead = config_.overlap;

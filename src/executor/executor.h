@@ -35,6 +35,9 @@ struct ExecutorConfig {
   // sampler), so that the host's scheduling overlaps the GPU's work. Results are the same either way;
   // KILN_OVERLAP=0 in the environment turns it off (for comparisons).
   bool overlap = true;
+  // Pick sampled tokens with the backend's sampler where it has one (a GPU: logits stay there). The tokens are
+  // those the host sampler draws; KILN_DEVICE_SAMPLING=0 in the environment samples on the host (comparisons).
+  bool device_sampling = true;
   Status validate() const;
 };
 

@@ -53,3 +53,61 @@ INSTANTIATE_TEST_SUITE_P(Executor, CudaBatchInvariance,
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// Sampled requests (temperature, top-k, top-p with decay, penalties, bad words, min_length, seeds) picked by the
+// GPU sampler draw the tokens the host sampler draws from the same logits; those without penalties also run
+// ahead of the host (overlap), the others wait for their last token.
+TEST(CudaExecutor, DeviceSamplingDrawsTheHostSamplersTokens) {
+  if (!test::have_cuda_device()) GTEST_SKIP() << "no CUDA device";
+  test::LoadedModel& m = test::load_model({.model = "llama", .max_num_tokens = 256, .backend = "cuda", .dtype = DType::kF32});
+  const int32_t vocab = static_cast<int32_t>(m.engine.model.vocab_size);
+  std::vector<Request> reqs = test::mixed_requests(61, vocab, 12);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    Request& r = reqs[i];
+    r.max_new_tokens = 16;
+    r.sampling.random_seed = 1000 + i;
+    r.sampling.temperature = 0.6f + 0.1f * static_cast<float>(i % 5);
+    r.sampling.top_k = i % 3 == 0 ? 0 : static_cast<int32_t>(5 + 20 * (i % 4));
+    r.sampling.top_p = i % 4 == 0 ? 0.0f : 0.7f + 0.05f * static_cast<float>(i % 5);
+    if (r.sampling.top_k == 0 && r.sampling.top_p == 0.0f) r.sampling.top_p = 1.0f;  // sample the whole row
+    if (i % 6 == 5) r.sampling.top_p_decay = 0.9f;
+    if (i % 4 == 1) r.sampling.repetition_penalty = 1.3f;
+    if (i % 4 == 2) {
+      r.sampling.presence_penalty = 0.5f;
+      r.sampling.frequency_penalty = 0.3f;
+    }
+    if (i % 5 == 3) r.bad_words = {{r.input_ids[0]}, {r.input_ids[1], r.input_ids[2]}};
+    if (i == 7) {
+      r.end_ids = std::vector<int32_t>{r.input_ids[3]};
+      r.sampling.min_length = 8;
+    }
+    r.output.return_log_probs = i % 2 == 0;
+  }
+  auto run = [&](bool on_device) {
+    ExecutorConfig config;
+    config.device_sampling = on_device;
+    auto ex = test::make_executor(m, config);
+    std::vector<RequestId> ids;
+    for (const Request& r : reqs) ids.push_back(*ex->enqueue(r));
+    std::vector<Response> out;
+    for (RequestId id : ids) {
+      auto resp = ex->await_final(id);
+      EXPECT_TRUE(resp.ok()) << resp.status().to_string();
+      out.push_back(resp.ok() ? std::move(*resp) : Response{});
+    }
+    const ExecutorStats stats = ex->stats();
+    ex.reset();
+    return std::make_pair(out, stats);
+  };
+  const auto [host, host_stats] = run(false);
+  const auto [device, device_stats] = run(true);
+  EXPECT_GT(device_stats.launched_ahead, 0) << "steps of sampled requests without penalties should run ahead";
+  for (size_t i = 0; i < reqs.size(); ++i)
+    test::expect_same_output(host[i], device[i], "request " + std::to_string(i), 1e-4f);
+}
+
+}  // namespace
+}  // namespace kiln
