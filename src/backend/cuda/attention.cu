@@ -41,7 +41,9 @@
 //    whole CTA or re-read from shared memory, 1 or 2 CTAs per SM, and optionally software-pipelined (the
 //    next tile's Q.K^T issued beside this tile's softmax). The heavy (late) query tiles are scheduled first;
 //    a warp skips the key tiles none of its rows sees and masks only those crossing its rows' boundaries.
-//    Used for the sequences that add more than kDecodeMaxNew tokens.
+//    Used for the sequences that add more than kDecodeMaxNew tokens where the Hopper kernel
+//    (attention_prefill_sm90.cu: wgmma, a producer warpgroup, GQA heads sharing each K/V tile; 1.35x at
+//    Llama-3-8B's shape) declines: other devices, head dims but 64/96/128, block sizes not powers of two.
 //    A mixed batch (prompts and decode steps) runs both kernels when the DeviceBatch lists which sequences
 //    are which: a decode token in a prefill tile would cost as much as a tile of prompt tokens (measured:
 //    Llama-3-8B shape, 2048-token prompts beside 256 decoding sequences); without the lists, the prefill
@@ -61,6 +63,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "backend/cuda/attention_prefill_sm90.h"
 #include "backend/cuda/float_types.cuh"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/pdl.cuh"
@@ -1516,7 +1519,11 @@ void run_attention(const void* q, const DeviceKv& kv, const DeviceBatch& b, cons
     a.rep = rep;
     a.window = p.window;
     a.scale_log2 = scale_log2;
-    if constexpr (!kF32) launch_prefill_d<T>(a, p.head_dim, prefill_count, prefill_max_new, stream);
+    if constexpr (!kF32) {  // Hopper: the wgmma kernel where it applies (attention_prefill_sm90.cu)
+      if (!prefill_attention_sm90(q, kv, b, p, out, std::is_same_v<T, __nv_bfloat16>, prefill_list, prefill_count,
+                                  prefill_max_new, stream))
+        launch_prefill_d<T>(a, p.head_dim, prefill_count, prefill_max_new, stream);
+    }
     check_launch("paged_attention (prefill)");
   }
   if (decode_count <= 0) return;
