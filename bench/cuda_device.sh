@@ -87,7 +87,7 @@ fi
 if [[ $what == phi3quick ]]; then
   engine phi3 bench/shapes/phi-3-mini-128k-instruct.shape.json 64 2048 4096 || echo "phi3 engine failed"
   for ov in 1 0 1; do
-    KILN_OVERLAP=$ov KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 \
+    KILN_OVERLAP=$ov KILN_CUDA_TIMING=${TIMING:-0} $K bench --engine_dir "$WORK/phi3-engine" --input_len 128 --output_len 256 \
       --num_requests 3 --concurrency 1 --warmup 1 --json 2>"$OUT/phi3quick.err" | tail -1 | python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print('phi3 b1 overlap=$ov: decode %.1f tok/s, itl p50 %.3f ms' % (j['decode_tokens_per_s_per_request']['p50'], j['itl_ms']['p50']))"
     grep timing "$OUT/phi3quick.err"
   done
