@@ -86,7 +86,7 @@ TEST(CudaExecutor, DeviceSamplingDrawsTheHostSamplersTokens) {
     }
     r.output.return_log_probs = i % 2 == 0;
   }
-  auto run = [&](bool on_device) {
+  auto run = [&](bool on_device, const std::vector<Request>& reqs) {
     ExecutorConfig config;
     config.device_sampling = on_device;
     auto ex = test::make_executor(m, config);
@@ -102,11 +102,24 @@ TEST(CudaExecutor, DeviceSamplingDrawsTheHostSamplersTokens) {
     ex.reset();
     return std::make_pair(out, stats);
   };
-  const auto [host, host_stats] = run(false);
-  const auto [device, device_stats] = run(true);
-  EXPECT_GT(device_stats.launched_ahead, 0) << "steps of sampled requests without penalties should run ahead";
+  const auto [host, host_stats] = run(false, reqs);
+  const auto [device, device_stats] = run(true, reqs);
   for (size_t i = 0; i < reqs.size(); ++i)
     test::expect_same_output(host[i], device[i], "request " + std::to_string(i), 1e-4f);
+  // A step runs ahead only when no request in it needs its last token's value (penalties, bans): every step
+  // above has some. Without them:
+  std::vector<Request> plain;
+  for (const Request& r : reqs)
+    if (r.sampling.repetition_penalty == 1.0f && r.sampling.presence_penalty == 0.0f && r.bad_words.empty() &&
+        r.sampling.min_length == 0)
+      plain.push_back(r);
+  ASSERT_GE(plain.size(), 2u);
+  const auto [plain_host, plain_host_stats] = run(false, plain);
+  const auto [plain_device, plain_device_stats] = run(true, plain);
+  EXPECT_GT(plain_device_stats.launched_ahead, 0) << "sampled steps without penalties should run ahead";
+  EXPECT_EQ(plain_host_stats.launched_ahead, 0) << "host sampling needs the logits first";
+  for (size_t i = 0; i < plain.size(); ++i)
+    test::expect_same_output(plain_host[i], plain_device[i], "plain request " + std::to_string(i), 1e-4f);
 }
 
 }  // namespace
