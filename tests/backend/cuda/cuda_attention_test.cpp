@@ -21,6 +21,7 @@
 
 #include "backend/attention_cases.h"
 #include "backend/cpu/attention.h"
+#include "backend/cuda/cuda_kernel_test_util.h"
 #include "backend/cuda/kernels.h"
 #include "core/dtype.h"
 #include "core/tensor.h"
@@ -29,13 +30,7 @@
 namespace kiln::cuda {
 namespace {
 
-std::string cuda_err(cudaError_t e) { return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e); }
-
-#define CUDA_ASSERT(call)                                                       \
-  do {                                                                          \
-    const cudaError_t kiln_e_ = (call);                                         \
-    ASSERT_EQ(kiln_e_, cudaSuccess) << #call << " -> " << cuda_err(kiln_e_);    \
-  } while (0)
+using namespace kernel_test;
 
 #define SKIP_WITHOUT_GPU()                                                   \
   do {                                                                       \
@@ -45,27 +40,6 @@ std::string cuda_err(cudaError_t e) { return std::string(cudaGetErrorName(e)) + 
       (void)cudaGetLastError();                                              \
       GTEST_SKIP() << "no CUDA device (" << cuda_err(kiln_e_) << ")";        \
     }                                                                        \
-  } while (0)
-
-// Device memory freed (and the free checked) at scope exit.
-struct DevMem {
-  void* p = nullptr;
-  size_t bytes = 0;
-  DevMem() = default;
-  DevMem(const DevMem&) = delete;
-  DevMem& operator=(const DevMem&) = delete;
-  ~DevMem() {
-    if (p) {
-      EXPECT_EQ(cudaFree(p), cudaSuccess);
-    }
-  }
-};
-// Allocates and (when src) uploads.
-#define DEV_ALLOC(mem, n, src)                                                           \
-  do {                                                                                   \
-    (mem).bytes = (n);                                                                   \
-    CUDA_ASSERT(cudaMalloc(&(mem).p, std::max<size_t>((mem).bytes, 16)));                \
-    if (src) CUDA_ASSERT(cudaMemcpy((mem).p, (src), (mem).bytes, cudaMemcpyHostToDevice)); \
   } while (0)
 
 // The attention workspace as the backend keeps it: poisoned (0xFF) but for its arrival counters, which are
@@ -108,49 +82,12 @@ void upload_layout(const std::vector<int32_t>& token_seq, const std::vector<int3
   b.block_tables = static_cast<const int32_t*>(l->tables.p);
 }
 
-struct Stream {
-  cudaStream_t s = nullptr;
-  ~Stream() {
-    if (s) {
-      EXPECT_EQ(cudaStreamDestroy(s), cudaSuccess);
-    }
-  }
-};
-
-ThreadPool& ref_pool() {
-  static ThreadPool pool(0);
-  return pool;
-}
-
+using kernel_test::describe;
 using test::describe;
 using test::SeqSpec;
 using Case = test::AttentionCase;
 
-std::string describe(const std::vector<SeqSpec>& specs) {
-  std::string s = "seqs (new/context):";
-  for (const SeqSpec& x : specs) s += " " + std::to_string(x.num_new) + "/" + std::to_string(x.context_len);
-  return s;
-}
-
 double tolerance(DType t) { return t == DType::kF32 ? 1e-4 : t == DType::kF16 ? 5e-3 : 2e-2; }
-
-// Fast uniform-ish random floats (the pools can be tens of millions of elements).
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return s;
-  }
-  // Sum of two uniforms in [-a, a]: triangular, mean 0, never exactly 0 in practice.
-  float sym(float a) {
-    const float u = static_cast<float>(next() >> 40) * (1.0f / 16777216.0f);
-    const float v = static_cast<float>(next() >> 40) * (1.0f / 16777216.0f);
-    return (u + v - 1.0f) * a;
-  }
-};
 
 // Builds the batch, runs both implementations and compares. q std ~ 2 so that softmax is far from uniform.
 void check_case(const Case& c, const std::vector<SeqSpec>& specs, uint32_t seed) {

@@ -28,17 +28,12 @@
 #include "core/dtype.h"
 #include "core/tensor.h"
 #include "core/thread_pool.h"
+#include "backend/cuda/cuda_kernel_test_util.h"
 
 namespace kiln::cuda {
 namespace {
 
-std::string cuda_err(cudaError_t e) { return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e); }
-
-#define CUDA_ASSERT(call)                                                    \
-  do {                                                                       \
-    const cudaError_t kiln_e_ = (call);                                      \
-    ASSERT_EQ(kiln_e_, cudaSuccess) << #call << " -> " << cuda_err(kiln_e_); \
-  } while (0)
+using namespace kernel_test;
 
 bool have_sm90() {
   int n = 0;
@@ -58,65 +53,10 @@ bool have_sm90() {
     if (!have_sm90()) GTEST_SKIP() << "no compute capability 9.0 CUDA device"; \
   } while (0)
 
-struct DevMem {
-  void* p = nullptr;
-  size_t bytes = 0;
-  DevMem() = default;
-  DevMem(const DevMem&) = delete;
-  DevMem& operator=(const DevMem&) = delete;
-  ~DevMem() {
-    if (p) {
-      EXPECT_EQ(cudaFree(p), cudaSuccess);
-    }
-  }
-};
-#define DEV_ALLOC(mem, n, src)                                                             \
-  do {                                                                                     \
-    (mem).bytes = (n);                                                                     \
-    CUDA_ASSERT(cudaMalloc(&(mem).p, std::max<size_t>((mem).bytes, 16)));                  \
-    if (src) CUDA_ASSERT(cudaMemcpy((mem).p, (src), (mem).bytes, cudaMemcpyHostToDevice)); \
-  } while (0)
-
-struct Stream {
-  cudaStream_t s = nullptr;
-  ~Stream() {
-    if (s) {
-      EXPECT_EQ(cudaStreamDestroy(s), cudaSuccess);
-    }
-  }
-};
-
-ThreadPool& ref_pool() {
-  static ThreadPool pool(0);
-  return pool;
-}
-
 using test::SeqSpec;
 using Case = test::AttentionCase;
 
-std::string describe(const std::vector<SeqSpec>& specs) {
-  std::string s = "seqs (new/context):";
-  for (const SeqSpec& x : specs) s += " " + std::to_string(x.num_new) + "/" + std::to_string(x.context_len);
-  return s;
-}
-
 double tolerance(DType t) { return t == DType::kF16 ? 5e-3 : 2e-2; }
-
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return s;
-  }
-  float sym(float a) {
-    const float u = static_cast<float>(next() >> 40) * (1.0f / 16777216.0f);
-    const float v = static_cast<float>(next() >> 40) * (1.0f / 16777216.0f);
-    return (u + v - 1.0f) * a;
-  }
-};
 
 // A batch on the host and the device: pools with 3 unused blocks, every sequence's blocks scattered.
 struct Batch {
