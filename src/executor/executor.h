@@ -1,6 +1,7 @@
 // The in-flight batching executor: requests come and go between iterations of one engine loop that runs
-// on its own thread (schedule -> forward -> decode -> respond). Callers never block it: enqueue() only
-// validates and queues, responses go to a per-request queue or callback.
+// on its own thread (schedule -> launch forward -> collect the previous or this one -> decode -> respond; a
+// step whose tokens are picked on the device is collected while the next one runs). Callers never block it:
+// enqueue() only validates and queues, responses go to a per-request queue or callback.
 //
 //   auto ex = *Executor::create(model, backend, ExecutorConfig{});
 //   RequestId id = *ex->enqueue(Request{.input_ids = ids, .max_new_tokens = 32});
