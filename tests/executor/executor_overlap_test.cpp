@@ -155,5 +155,53 @@ TEST(ExecutorOverlap, CancelWithPicksInFlight) {
   EXPECT_EQ(ex->stats().kv.used_blocks, 0);
 }
 
+// Streamed deltas of a request that ends by an end id while its next pick is in flight: the chunks add up to
+// the output without overlap, nothing past the end id is ever sent, and the end id itself is not shown.
+TEST(ExecutorOverlap, StreamStopsAtTheEndIdWithAPickInFlight) {
+  LoadedModel& m = load_model({.model = "llama", .max_num_tokens = 256});
+  Request r = mixed_requests(71, static_cast<int32_t>(m.engine.model.vocab_size), 1)[0];
+  r.output.return_log_probs = false;
+  r.max_new_tokens = 20;
+  const std::vector<int32_t> free_run = run_alone(m, r, with_overlap(false)).output_ids[0];
+  ASSERT_GE(free_run.size(), 10u);
+  r.end_ids = std::vector<int32_t>{free_run[6]};
+  const Response ref = run_alone(m, r, with_overlap(false));
+  ASSERT_EQ(ref.finish_reasons[0], FinishReason::kEndId);
+  r.streaming = true;
+  auto ex = make_executor(m, with_overlap(true));
+  const RequestId id = *ex->enqueue(r);
+  std::vector<int32_t> tokens;
+  for (bool done = false; !done;)
+    for (const Response& c : ex->await_responses(id)) {
+      ASSERT_TRUE(c.error.ok());
+      tokens.insert(tokens.end(), c.output_ids[0].begin(), c.output_ids[0].end());
+      if (c.is_final) {
+        done = true;
+        EXPECT_EQ(c.finish_reasons[0], FinishReason::kEndId);
+      }
+    }
+  EXPECT_EQ(tokens, ref.output_ids[0]);
+  EXPECT_GT(ex->stats().launched_ahead, 0);
+  ex->shutdown();
+  EXPECT_EQ(ex->stats().kv.used_blocks, 0);
+}
+
+// Beam search (logits on the host, never run ahead) beside greedy requests (run ahead when alone in a step).
+TEST(ExecutorOverlap, BeamsBesideGreedyRequests) {
+  LoadedModel& m = load_model({.model = "llama", .max_num_tokens = 256, .max_beam_width = 3, .tokens_per_block = 4});
+  std::vector<Request> reqs = mixed_requests(83, static_cast<int32_t>(m.engine.model.vocab_size), 8);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    reqs[i].output.return_log_probs = i % 4 == 0;  // the beams' scores; the greedy ones pick by argmax
+    if (i % 4 == 0) reqs[i].sampling.beam_width = 3;
+    if (i % 4 != 0) reqs[i].max_new_tokens = 16;  // greedy ones outlast the beams
+  }
+  auto ex = make_executor(m);
+  const auto crowd = run_crowd(*ex, reqs, 13);
+  EXPECT_GT(ex->stats().launched_ahead, 0);
+  ex.reset();
+  for (size_t i = 0; i < reqs.size(); ++i)
+    expect_same_output(run_alone(m, reqs[i], with_overlap(false)), crowd[i], "request " + std::to_string(i));
+}
+
 }  // namespace
 }  // namespace kiln
