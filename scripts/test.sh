@@ -15,7 +15,7 @@ export KILN_SMOLLM2_GGUF
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_ASAN=ON -DKILN_BUILD_BENCH=OFF -DKILN_CUDA=OFF >/dev/null
 cmake --build build-asan -j"$(nproc)" --target kiln_tests
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 build-asan/kiln_tests \
-  --gtest_filter='Safetensors*:HfCheckpoint*:MappedFile*:EngineFile*:Convert*:ModelConfig*:Rope*:KvCacheManager*:Executor.*:Executor/*:ExecutorOverlap*:ExecutorBeamSearch.Paused*:LogitsProcessor*:Sampler*:BeamSearch.*:HttpJson*:HttpFrontendTest*:GrpcConvert*:GrpcFrontendTest*:TrtllmTensors*:InferTensor*:ModelName*:TextModelsTest*:Gguf*:Quant*:CpuQgemm*'
+  --gtest_filter='Safetensors*:HfCheckpoint*:MappedFile*:EngineFile*:Convert*:ModelConfig*:Rope*:KvCacheManager*:Executor.*:Executor/*:ExecutorOverlap*:ExecutorBeamSearch.Paused*:LogitsProcessor*:Sampler*:BeamSearch.*:ParallelLayout*:HostCommunicator*:MicroBatches*:*ParallelEquivalence*:ParallelOutputs*:ParallelEngine*:HttpJson*:HttpFrontendTest*:GrpcConvert*:GrpcFrontendTest*:TrtllmTensors*:InferTensor*:ModelName*:TextModelsTest*:Gguf*:Quant*:CpuQgemm*'
 
 # The server against the real Triton client library (tritonclient from pip) and the seed tutorial's own
 # client, when this kiln has the server: every endpoint over both protocols, bad input, disconnects, load.

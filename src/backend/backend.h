@@ -43,8 +43,9 @@ struct LinearWeight {
 struct EmbeddingWeight {
   Tensor data;
   std::optional<GgmlType> quant;
-  int64_t vocab = 0;
+  int64_t vocab = 0;        // rows held
   int64_t hidden = 0;
+  int64_t vocab_start = 0;  // id of the first row: a vocab-parallel rank's slice; ids outside it embed as zeros
 };
 
 // Paged KV cache storage for one layer: K and V pools, each [num_blocks, num_kv_heads, block_size, head_dim].
@@ -188,7 +189,8 @@ class Backend {
   virtual void run_forward_ops(const std::function<void()>& ops) { ops(); }
 
   // --- ops (activations are of activation_dtype(); logits may be f32 where activations are not)
-  // out[t, :] = table[ids[t], :]                    table [vocab, hidden], ids [T] i32, out [T, hidden]
+  // out[t, :] = table[ids[t] - vocab_start, :], zeros when outside the table (a vocab-parallel slice)
+  //                                                   table [vocab, hidden], ids [T] i32, out [T, hidden]
   virtual void embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) = 0;
   // out = x / rms(x) * weight, row-wise            x, out [rows, dim], weight [dim]
   virtual void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;

@@ -15,11 +15,12 @@ bool cuda_backend_built() {
 #endif
 }
 
-Result<std::unique_ptr<Backend>> make_backend(const std::string& name) {
+Result<std::unique_ptr<Backend>> make_backend(const std::string& name, int device) {
+  (void)device;
   if (name == "cpu") return std::unique_ptr<Backend>(std::make_unique<CpuBackend>());
   if (name == "cuda") {
 #ifdef KILN_HAVE_CUDA
-    KILN_ASSIGN_OR_RETURN(auto b, CudaBackend::create());
+    KILN_ASSIGN_OR_RETURN(auto b, CudaBackend::create(device));
     return std::unique_ptr<Backend>(std::move(b));
 #else
     return unimplemented("this kiln was built without the CUDA backend (nvcc was not found at build time, or "

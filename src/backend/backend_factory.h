@@ -10,7 +10,8 @@ namespace kiln {
 
 // "cpu", or "cuda" when this kiln was built with the CUDA backend and a GPU is visible; otherwise an error
 // that says what is missing.
-Result<std::unique_ptr<Backend>> make_backend(const std::string& name);
+// `device`: which GPU (cuda; rank r of a multi-rank engine uses GPU r).
+Result<std::unique_ptr<Backend>> make_backend(const std::string& name, int device = 0);
 
 // Whether this kiln was compiled with the CUDA backend.
 bool cuda_backend_built();

@@ -20,6 +20,7 @@
 #include "cli/executor_flags.h"
 #include "executor/executor.h"
 #include "model/engine.h"
+#include "model/loaded_model.h"
 
 namespace kiln::cli {
 
@@ -220,10 +221,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
         return invalid_argument("a request of " + std::to_string(s.input) + " in / " + std::to_string(s.output) +
                                 " out exceeds the engine (max_input_len " + std::to_string(engine.build.max_input_len) +
                                 ", max_seq_len " + std::to_string(engine.build.max_seq_len) + ")");
-    KILN_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend_ptr, make_backend(engine.build.backend));
-    Backend& backend = *backend_ptr;
-    KILN_ASSIGN_OR_RETURN(auto model, LlamaModel::load(engine, backend));
-    KILN_ASSIGN_OR_RETURN(auto executor, Executor::create(*model, backend, config));
+    KILN_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(dir));  // one rank, or every rank of a tp/pp engine
+    KILN_ASSIGN_OR_RETURN(auto executor, Executor::create(*loaded.runner, config));
     std::fprintf(stderr, "kiln bench: %s\n", executor->kv_plan().c_str());
     const int64_t vocab = engine.model.vocab_size;
     if (warmup > 0) {
@@ -238,7 +237,9 @@ int cmd_bench(const std::vector<std::string>& argv) {
     const double out_tps = static_cast<double>(r.output_tokens) / r.seconds;
     nlohmann::json j = {
         {"engine_dir", dir},
-        {"backend", backend.name()},
+        {"backend", loaded.runner->backend_name()},
+        {"tp_size", engine.build.tp_size},
+        {"pp_size", engine.build.pp_size},
         {"weights", engine.build.weight_format()},
         {"num_requests", n},
         {"concurrency", std::min(concurrency, n)},
@@ -262,7 +263,9 @@ int cmd_bench(const std::vector<std::string>& argv) {
       std::printf("%s\n", j.dump().c_str());
       return {};
     }
-    std::printf("engine %s (backend %s; weights %s)\n", dir.c_str(), backend.name().c_str(), engine.build.weight_format().c_str());
+    std::printf("engine %s (backend %s; weights %s; tp_size %d, pp_size %d)\n", dir.c_str(),
+                loaded.runner->backend_name().c_str(), engine.build.weight_format().c_str(), engine.build.tp_size,
+                engine.build.pp_size);
     std::printf("%lld requests, at most %lld in flight, %lld input / %lld output tokens, %lld iterations, %.3f s\n",
                 static_cast<long long>(n), static_cast<long long>(std::min(concurrency, n)),
                 static_cast<long long>(r.input_tokens), static_cast<long long>(r.output_tokens),

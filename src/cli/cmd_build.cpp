@@ -24,7 +24,7 @@ Status tune_engine(const std::string& dir) {
   }
   const BuildConfig& b = engine.build;
   KILN_ASSIGN_OR_RETURN(std::string record,
-                        (*backend)->tune_linears(LlamaModel::linear_shapes(engine.model), b.dtype, b.max_num_tokens,
+                        (*backend)->tune_linears(LlamaModel::linear_shapes(rank_model(engine.model, engine.layout)), b.dtype, b.max_num_tokens,
                                                  std::min(b.max_num_tokens, b.max_batch_size * b.max_beam_width)));
   if (record.empty()) return {};
   const std::string path = (std::filesystem::path(dir) / kGemmTuningFile).string();
@@ -49,8 +49,8 @@ int cmd_build(const std::vector<std::string>& argv) {
       {"max_num_tokens", true, "tokens in one forward pass (default min(8192, batch x input))"},
       {"gemm_plugin", true, "auto | disable | the engine dtype (accepted like trtllm-build)"},
       {"tokens_per_block", true, "KV cache block size in tokens (64)"},
-      {"tp_size", true, "tensor-parallel ranks (1)"},
-      {"pp_size", true, "pipeline-parallel ranks (1)"},
+      {"tp_size", true, "tensor-parallel ranks: must match the checkpoint's (`kiln convert --tp_size`)"},
+      {"pp_size", true, "pipeline-parallel ranks: must match the checkpoint's (`kiln convert --pp_size`)"},
       {"backend", true, "cpu (weights packed for the CPU kernels) or cuda (plain row-major for cuBLASLt) (cpu)"},
       {"gemm_tuning", true, "cuda: time cuBLASLt's candidate GEMM algorithms for the engine's shapes on this "
                             "machine's GPU and keep the fastest in the engine: on | off (on)"},
@@ -82,8 +82,8 @@ int cmd_build(const std::vector<std::string>& argv) {
     KILN_ASSIGN_OR_RETURN(int64_t tp, a.get_int("tp_size", 1));
     KILN_ASSIGN_OR_RETURN(int64_t pp, a.get_int("pp_size", 1));
     b.tokens_per_block = static_cast<int>(tpb);
-    b.tp_size = static_cast<int>(tp);
-    b.pp_size = static_cast<int>(pp);
+    b.tp_size = a.has("tp_size") ? static_cast<int>(tp) : 0;  // 0: as the checkpoint was converted
+    b.pp_size = a.has("pp_size") ? static_cast<int>(pp) : 0;
     if (auto g = a.get("gemm_plugin")) b.gemm_plugin = *g;
     if (auto be = a.get("backend")) b.backend = *be;
     std::string plan;

@@ -12,6 +12,7 @@
 #include "cli/executor_flags.h"
 #include "executor/executor.h"
 #include "model/engine.h"
+#include "model/loaded_model.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/detokenizer.h"
 #include "tokenizer/tokenizer.h"
@@ -49,11 +50,9 @@ int cmd_chat(const std::vector<std::string>& argv) {
     if (!tok->config().contains("chat_template"))
       return failed_precondition(tok_dir + ": tokenizer_config.json has no chat_template; this model is not a chat model");
 
-    KILN_ASSIGN_OR_RETURN(Engine engine, load_engine(dir));
-    KILN_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend_ptr, make_backend(engine.build.backend));
-    Backend& backend = *backend_ptr;
-    KILN_ASSIGN_OR_RETURN(auto model, LlamaModel::load(engine, backend));
-    KILN_ASSIGN_OR_RETURN(auto executor, Executor::create(*model, backend, config));
+    KILN_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(dir));  // one rank, or every rank of a tp/pp engine
+    const Engine& engine = loaded.engine;
+    KILN_ASSIGN_OR_RETURN(auto executor, Executor::create(*loaded.runner, config));
 
     nlohmann::ordered_json messages = nlohmann::ordered_json::array();
     if (auto sys = a.get("system")) messages.push_back({{"role", "system"}, {"content", *sys}});

@@ -11,6 +11,7 @@
 #include "executor/executor.h"
 #include "tokenizer/detokenizer.h"
 #include "model/engine.h"
+#include "model/loaded_model.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kiln::cli {
@@ -96,11 +97,9 @@ int cmd_run(const std::vector<std::string>& argv) {
     }
     if (prompts.empty()) return invalid_argument("give --input_ids, --input_file or --input_text");
 
-    KILN_ASSIGN_OR_RETURN(Engine engine, load_engine(dir));
-    KILN_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend_ptr, make_backend(engine.build.backend));
-    Backend& backend = *backend_ptr;
-    KILN_ASSIGN_OR_RETURN(auto model, LlamaModel::load(engine, backend));
-    KILN_ASSIGN_OR_RETURN(auto executor, Executor::create(*model, backend, config));
+    KILN_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(dir));  // one rank, or every rank of a tp/pp engine
+    const Engine& engine = loaded.engine;
+    KILN_ASSIGN_OR_RETURN(auto executor, Executor::create(*loaded.runner, config));
     const bool as_json = a.has("json");
     if (!as_json) std::fprintf(stderr, "kiln run: %s\n", executor->kv_plan().c_str());
 

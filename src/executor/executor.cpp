@@ -46,19 +46,24 @@ Status ExecutorConfig::validate() const {
   return kv_cache.validate();
 }
 
-Executor::Executor(LlamaModel& model, Backend& backend, ExecutorConfig config)
-    : model_(model), backend_(backend), config_(std::move(config)) {}
+Executor::Executor(ModelRunner& model, ExecutorConfig config) : model_(model), config_(std::move(config)) {}
 
 Result<std::unique_ptr<Executor>> Executor::create(LlamaModel& model, Backend& backend, ExecutorConfig config) {
+  auto runner = std::make_unique<SingleRankRunner>(model, backend);
+  KILN_ASSIGN_OR_RETURN(std::unique_ptr<Executor> ex, create(*runner, std::move(config)));
+  ex->owned_runner_ = std::move(runner);
+  return ex;
+}
+
+Result<std::unique_ptr<Executor>> Executor::create(ModelRunner& model, ExecutorConfig config) {
   KILN_RETURN_IF_ERROR(config.validate());
-  std::unique_ptr<Executor> ex(new Executor(model, backend, std::move(config)));
+  std::unique_ptr<Executor> ex(new Executor(model, std::move(config)));
   const ExecutorConfig& c = ex->config_;
   const BuildConfig& b = model.build();
   const int32_t block = b.tokens_per_block;
 
   // KV blocks: what a full batch can use, limited by the byte budget and max_tokens_in_paged_kv_cache.
-  const KvCacheSpec unit = model.kv_cache_spec(1);
-  const uint64_t block_bytes = unit.bytes_per_block();
+  const uint64_t block_bytes = model.kv_bytes_per_block();  // on the rank that holds the most
   const int64_t full_batch = b.max_batch_size * b.max_beam_width * kv_blocks_for(b.max_seq_len, block);
   std::ostringstream why;
   uint64_t budget;
@@ -69,10 +74,11 @@ Result<std::unique_ptr<Executor>> Executor::create(LlamaModel& model, Backend& b
     // The activation workspace for a full step (taken below in any case) comes first, so the KV cache gets
     // what is left.
     KILN_RETURN_IF_ERROR(model.reserve_workspace());
-    const uint64_t free = backend.free_memory();
+    const uint64_t free = model.free_memory();
     budget = static_cast<uint64_t>(static_cast<double>(free) * c.kv_cache.free_mem_fraction);
     why << "kv_cache_free_gpu_mem_fraction " << c.kv_cache.free_mem_fraction << " of " << human_bytes(free) << " free "
-        << (backend.name() == "cpu" ? "host" : backend.name()) << " memory = " << human_bytes(budget);
+        << (model.backend_name() == "cpu" ? "host" : model.backend_name()) << " memory"
+        << (model.num_ranks() > 1 ? " per rank" : "") << " = " << human_bytes(budget);
   }
   // Always whole: a forward in flight must not see its buffers move when a larger one is launched.
   KILN_RETURN_IF_ERROR(model.reserve_workspace());
@@ -87,7 +93,7 @@ Result<std::unique_ptr<Executor>> Executor::create(LlamaModel& model, Backend& b
   blocks = std::min<int64_t>(blocks, 1 << 24);
   if (blocks < 1)
     return resource_exhausted("the KV cache budget (" + why.str() + ") holds no block of " + human_bytes(block_bytes));
-  KILN_ASSIGN_OR_RETURN(ex->kv_storage_, backend.create_kv_storage(model.kv_cache_spec(static_cast<int>(blocks))));
+  KILN_RETURN_IF_ERROR(model.create_kv_cache(static_cast<int>(blocks)));
   ex->kv_ = std::make_unique<KvCacheManager>(static_cast<int32_t>(blocks), block, c.kv_cache.enable_reuse);
   ex->scheduler_ = std::make_unique<Scheduler>(c.scheduler, b.max_batch_size, b.max_num_tokens, *ex->kv_);
 
@@ -380,10 +386,10 @@ bool Executor::step() {
 
   // How this step's tokens get picked, and whether it may be launched before the step in flight is collected:
   // only when every row is picked on the device without needing the last token's value.
-  const bool device_sampling = config_.device_sampling && backend_.samples_on_device();
+  const bool device_sampling = config_.device_sampling && model_.samples_on_device();
   auto rows_of = [&](bool& device, bool& ahead) {
     device = true;
-    ahead = config_.overlap;
+    ahead = config_.overlap && model_.accepts_previous_tokens();
     for (const ScheduledChunk& c : plan.chunks) {
       const RequestState& r = *c.request;
       const Sequence& s = r.seqs[c.seq];
@@ -408,7 +414,7 @@ bool Executor::step() {
     if (plan.chunks.empty()) return true;
     rows_of(device, ahead);
   }
-  if (!plan.block_copies.empty()) backend_.copy_kv_blocks(*kv_storage_, plan.block_copies);
+  if (!plan.block_copies.empty()) model_.copy_kv_blocks(plan.block_copies);
   const auto started = std::chrono::steady_clock::now();
   for (const ScheduledChunk& c : plan.chunks)
     if (!c.request->scheduled) c.request->scheduled = started;
@@ -475,7 +481,7 @@ bool Executor::step() {
         sampling.log_probs = sampling.log_probs || r.req.output.return_log_probs;
       }
   }
-  Status st = model_.launch(fb, *kv_storage_, output, output == ForwardOutput::kSample ? &sampling : nullptr);
+  Status st = model_.launch(fb, output, output == ForwardOutput::kSample ? &sampling : nullptr);
   if (!st.ok()) {
     std::vector<RequestState*> hit;
     for (const ScheduledChunk& c : plan.chunks)

@@ -25,6 +25,7 @@
 #include "executor/request_state.h"
 #include "executor/scheduler.h"
 #include "model/llama_model.h"
+#include "model/model_runner.h"
 
 namespace kiln {
 
@@ -62,6 +63,9 @@ struct ExecutorStats {
 
 class Executor {
  public:
+  // Drives `model` (one rank or a RankGroup), which must outlive the executor.
+  static Result<std::unique_ptr<Executor>> create(ModelRunner& model, ExecutorConfig config);
+  // One rank: `model` on `backend`.
   static Result<std::unique_ptr<Executor>> create(LlamaModel& model, Backend& backend, ExecutorConfig config);
   ~Executor();  // aborts what is still running
   Executor(const Executor&) = delete;
@@ -84,7 +88,7 @@ class Executor {
   const ExecutorConfig& config() const { return config_; }
 
  private:
-  Executor(LlamaModel& model, Backend& backend, ExecutorConfig config);
+  Executor(ModelRunner& model, ExecutorConfig config);
   Status validate_request(const Request& r) const;
   void loop();
   bool step();  // one iteration; false when there was nothing to do
@@ -98,11 +102,10 @@ class Executor {
   void handle_cancels(const std::set<RequestId>& ids);
   void expire_waiting();
 
-  LlamaModel& model_;
-  Backend& backend_;
+  ModelRunner& model_;
+  std::unique_ptr<ModelRunner> owned_runner_;  // create(LlamaModel&, Backend&)
   ExecutorConfig config_;
   std::string kv_plan_;
-  std::unique_ptr<KvStorage> kv_storage_;
   std::unique_ptr<KvCacheManager> kv_;
   std::unique_ptr<Scheduler> scheduler_;
   int32_t drop_window_ = 0;  // every layer windowed: blocks behind the widest window are freed

@@ -10,6 +10,7 @@
 
 #include "io/hf_checkpoint.h"
 #include "io/safetensors.h"
+#include "model/sharding.h"
 #include "model/weight_names.h"
 
 namespace kiln {
@@ -97,6 +98,7 @@ class NormalSampler {
 Status convert_random(const ConvertOptions& o) {
   KILN_ASSIGN_OR_RETURN(json hf_config, read_json_file(o.config_path));
   KILN_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::from_hf(hf_config, nullptr));
+  KILN_RETURN_IF_ERROR(check_parallel(config, o.tp_size, o.pp_size));
   const double stddev = hf_config.value("initializer_range", 0.02);
   std::vector<HostBuffer> buffers;
   std::vector<SafetensorsTensorToWrite> out;
@@ -132,9 +134,6 @@ Status convert_hf_checkpoint(const ConvertOptions& o) {
   if (o.dtype != DType::kF32 && o.dtype != DType::kF16 && o.dtype != DType::kBF16)
     return invalid_argument(std::string("--dtype ") + dtype_name(o.dtype) + " is not supported (float32, float16, bfloat16)");
   if (o.tp_size < 1 || o.pp_size < 1) return invalid_argument("--tp_size and --pp_size must be >= 1");
-  if (o.tp_size * o.pp_size != 1)
-    return unimplemented("--tp_size " + std::to_string(o.tp_size) + " --pp_size " + std::to_string(o.pp_size) +
-                         ": multi-rank checkpoints come with tensor/pipeline parallelism, which Kiln does not have yet; use 1");
   if (o.random_weights) return convert_random(o);
   const fs::path dir(o.model_dir);
   if (!fs::is_directory(dir)) return not_found("--model_dir " + o.model_dir + " is not a directory");
@@ -147,6 +146,7 @@ Status convert_hf_checkpoint(const ConvertOptions& o) {
     gen_ptr = &gen;
   }
   KILN_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::from_hf(hf_config, gen_ptr));
+  KILN_RETURN_IF_ERROR(check_parallel(config, o.tp_size, o.pp_size));
   KILN_ASSIGN_OR_RETURN(HfCheckpoint hf, HfCheckpoint::open(o.model_dir));
 
   std::vector<WeightSpec> specs = weight_specs(config);
@@ -204,7 +204,21 @@ Status write_checkpoint(const std::string& output_dir, const CheckpointInfo& c, 
   std::error_code ec;
   fs::create_directories(output_dir, ec);
   if (ec) return invalid_argument("--output_dir " + output_dir + ": " + ec.message());
-  KILN_RETURN_IF_ERROR(write_safetensors(checkpoint_rank_file(output_dir, 0), tensors, {{"format", "kiln-checkpoint"}}));
+  if (c.tp_size * c.pp_size == 1) {
+    KILN_RETURN_IF_ERROR(write_safetensors(checkpoint_rank_file(output_dir, 0), tensors, {{"format", "kiln-checkpoint"}}));
+  } else {
+    // One file per rank, each with that rank's part of every tensor it holds (sharding.h).
+    if (!c.quantized.empty())
+      return unimplemented("block-quantized checkpoints are single-rank; convert with --dtype float16 to split them");
+    KILN_RETURN_IF_ERROR(check_parallel(c.model, c.tp_size, c.pp_size));
+    std::vector<WholeTensor> whole;
+    for (const SafetensorsTensorToWrite& t : tensors) whole.push_back({t.name, t.dtype, t.shape, t.data});
+    for (int rank = 0; rank < c.tp_size * c.pp_size; ++rank) {
+      std::vector<HostBuffer> keep;
+      KILN_ASSIGN_OR_RETURN(auto parts, shard_rank(c.model, rank_layout(c.model, c.tp_size, c.pp_size, rank), whole, keep));
+      KILN_RETURN_IF_ERROR(write_safetensors(checkpoint_rank_file(output_dir, rank), parts, {{"format", "kiln-checkpoint"}}));
+    }
+  }
   json quantized = json::object();
   for (const auto& [name, type] : c.quantized) quantized[name] = ggml_type_lower_name(type);
   json info = {{"kiln_checkpoint_version", kCheckpointFormatVersion},
@@ -262,6 +276,8 @@ Result<CheckpointInfo> read_checkpoint_info(const std::string& dir) {
   } catch (const json::exception& e) {
     return invalid_argument(path + ": " + e.what());
   }
+  if (Status split = check_parallel(info.model, info.tp_size, info.pp_size); !split.ok())
+    return invalid_argument(path + ": " + split.message());
   return info;
 }
 

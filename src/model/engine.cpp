@@ -36,8 +36,7 @@ Status BuildConfig::finalize(const ModelConfig& m) {
   if (max_num_tokens == 0) max_num_tokens = std::min<int64_t>(8192, max_batch_size * max_input_len);
   KILN_RETURN_IF_ERROR(positive(max_num_tokens, "--max_num_tokens"));
   if (max_num_tokens > (1 << 20)) return invalid_argument("--max_num_tokens must be at most 1048576");
-  if (tp_size != 1 || pp_size != 1)
-    return unimplemented("--tp_size/--pp_size other than 1: tensor and pipeline parallelism are not implemented yet");
+  KILN_RETURN_IF_ERROR(check_parallel(m, tp_size, pp_size));
   if (tokens_per_block <= 0 || (tokens_per_block & (tokens_per_block - 1)) != 0 || tokens_per_block > 1024)
     return invalid_argument("--tokens_per_block must be a power of two in [1, 1024]");
   if (gemm_plugin != "auto" && gemm_plugin != "disable") {
@@ -134,11 +133,17 @@ std::pair<DType, std::string> storage_of(const WeightSpec& s, const BuildConfig&
   return {b.dtype, s.kind == WeightKind::kLinear && packs_for_cpu(b) ? kCpuLinearLayout : "plain"};
 }
 
-// Tensors of the engine: the checkpoint's, plus a packed LM head made from the embedding when tied.
-std::vector<WeightSpec> engine_specs(const ModelConfig& m) {
-  std::vector<WeightSpec> specs = weight_specs(m);
-  if (m.tie_word_embeddings) specs.push_back({"lm_head.weight", {m.vocab_size, m.hidden_size}, WeightKind::kLinear, {}});
+// Tensors of a rank's engine file: its checkpoint's, plus (one rank) a packed LM head made from the embedding when
+// tied; a rank of several has its own LM head tensor already.
+std::vector<WeightSpec> engine_specs(const ModelConfig& m, const RankLayout& r) {
+  std::vector<WeightSpec> specs = rank_weight_specs(m, r);
+  if (r.single() && m.tie_word_embeddings)
+    specs.push_back({"lm_head.weight", {m.vocab_size, m.hidden_size}, WeightKind::kLinear, {}});
   return specs;
+}
+
+std::string engine_rank_file(const std::string& dir, int rank) {
+  return (fs::path(dir) / ("rank" + std::to_string(rank) + ".engine")).string();
 }
 
 }  // namespace
@@ -164,8 +169,10 @@ std::string MemoryPlan::to_string() const {
 
 MemoryPlan plan_memory(const ModelConfig& m, const BuildConfig& b, double kv_fraction) {
   MemoryPlan p;
-  for (const WeightSpec& s : engine_specs(m)) p.weights_bytes += stored_bytes(s, b, quant_of(b, s.name));
-  p.kv_bytes_per_token = 2ull * m.num_layers * m.num_kv_heads * m.head_dim * dtype_size(b.kv_cache_dtype);
+  const RankLayout r0 = rank_layout(m, b.tp_size, b.pp_size, 0);  // the first rank holds the most layers
+  const ModelConfig local = rank_model(m, r0);
+  for (const WeightSpec& s : engine_specs(m, r0)) p.weights_bytes += stored_bytes(s, b, quant_of(b, s.name));
+  p.kv_bytes_per_token = 2ull * local.num_layers * local.num_kv_heads * local.head_dim * dtype_size(b.kv_cache_dtype);
   uint64_t avail = available_host_memory();
   uint64_t free_after = avail > p.weights_bytes ? avail - p.weights_bytes : 0;
   p.kv_budget_bytes = static_cast<uint64_t>(static_cast<double>(free_after) * kv_fraction);
@@ -174,31 +181,16 @@ MemoryPlan plan_memory(const ModelConfig& m, const BuildConfig& b, double kv_fra
   return p;
 }
 
-Status build_engine(const std::string& checkpoint_dir, const std::string& output_dir, BuildConfig build,
-                    std::string* plan_text) {
-  KILN_ASSIGN_OR_RETURN(CheckpointInfo info, read_checkpoint_info(checkpoint_dir));
-  if (info.tp_size != 1 || info.pp_size != 1)
-    return unimplemented("checkpoint has tp_size/pp_size > 1: multi-rank engines are not implemented yet");
-  build.dtype = info.dtype;
-  KILN_RETURN_IF_ERROR(build.finalize(info.model));
-  const ModelConfig& m = info.model;
-  // Quantized checkpoint tensors stay quantized; a tied LM head takes the embedding's format.
-  build.quantized.clear();
-  for (const WeightSpec& s : engine_specs(m)) {
-    const std::string& src_name = s.hf_sources.empty() ? std::string("embed.weight") : s.name;
-    if (auto it = info.quantized.find(src_name); it != info.quantized.end()) build.quantized[s.name] = it->second;
-  }
-  if (!build.quantized.empty() && build.backend != "cpu")
-    return unimplemented("the checkpoint keeps " + build.weight_format() + " weights, which only the cpu backend runs; "
-                         "for --backend " + build.backend + ", convert with --dtype float16 or bfloat16 (dequantizes)");
-  MemoryPlan plan = plan_memory(m, build, 0.5);
-  if (plan_text) *plan_text = plan.to_string();
+namespace {
 
-  const std::string rank_file = checkpoint_rank_file(checkpoint_dir, 0);
+// Packs one rank's checkpoint file into its engine file.
+Status build_rank(const std::string& checkpoint_dir, const std::string& output_dir, const ModelConfig& m,
+                  const BuildConfig& build, int rank) {
+  const std::string rank_file = checkpoint_rank_file(checkpoint_dir, rank);
   KILN_ASSIGN_OR_RETURN(SafetensorsFile ckpt, SafetensorsFile::open(rank_file));
   EngineFileWriter writer;
   std::vector<HostBuffer> packed;  // keeps packed data alive until write()
-  for (const WeightSpec& s : engine_specs(m)) {
+  for (const WeightSpec& s : engine_specs(m, rank_layout(m, build.tp_size, build.pp_size, rank))) {
     const std::string& src_name = s.hf_sources.empty() ? std::string("embed.weight") : s.name;
     const SafetensorsEntry* e = ckpt.find(src_name);
     if (!e) return not_found(rank_file + ": tensor '" + src_name + "' is missing; re-run `kiln convert`");
@@ -232,10 +224,43 @@ Status build_engine(const std::string& checkpoint_dir, const std::string& output
       writer.add({s.name, want, s.shape, "plain", e->data, e->nbytes});
     }
   }
+  return writer.write(engine_rank_file(output_dir, rank));
+}
+
+}  // namespace
+
+Status build_engine(const std::string& checkpoint_dir, const std::string& output_dir, BuildConfig build,
+                    std::string* plan_text) {
+  KILN_ASSIGN_OR_RETURN(CheckpointInfo info, read_checkpoint_info(checkpoint_dir));
+  // The checkpoint's split rules (convert made it); 0 = not given.
+  if ((build.tp_size != 0 && build.tp_size != info.tp_size) || (build.pp_size != 0 && build.pp_size != info.pp_size))
+    return invalid_argument("--tp_size " + std::to_string(build.tp_size) + " --pp_size " + std::to_string(build.pp_size) +
+                            ": the checkpoint was converted for tp_size " + std::to_string(info.tp_size) + ", pp_size " +
+                            std::to_string(info.pp_size) + "; run `kiln convert` again with the sizes you want");
+  build.tp_size = info.tp_size;
+  build.pp_size = info.pp_size;
+  build.dtype = info.dtype;
+  KILN_RETURN_IF_ERROR(build.finalize(info.model));
+  const ModelConfig& m = info.model;
+  // Quantized checkpoint tensors stay quantized; a tied LM head takes the embedding's format.
+  build.quantized.clear();
+  for (const WeightSpec& s : engine_specs(m, rank_layout(m, 1, 1, 0))) {
+    const std::string& src_name = s.hf_sources.empty() ? std::string("embed.weight") : s.name;
+    if (auto it = info.quantized.find(src_name); it != info.quantized.end()) build.quantized[s.name] = it->second;
+  }
+  if (!build.quantized.empty() && build.tp_size * build.pp_size != 1)
+    return unimplemented("block-quantized weights are single-rank");
+  if (!build.quantized.empty() && build.backend != "cpu")
+    return unimplemented("the checkpoint keeps " + build.weight_format() + " weights, which only the cpu backend runs; "
+                         "for --backend " + build.backend + ", convert with --dtype float16 or bfloat16 (dequantizes)");
+  MemoryPlan plan = plan_memory(m, build, 0.5);
+  if (plan_text) *plan_text = plan.to_string();
+
   std::error_code ec;
   fs::create_directories(output_dir, ec);
   if (ec) return invalid_argument("--output_dir " + output_dir + ": " + ec.message());
-  KILN_RETURN_IF_ERROR(writer.write((fs::path(output_dir) / "rank0.engine").string()));
+  for (int rank = 0; rank < build.tp_size * build.pp_size; ++rank)
+    KILN_RETURN_IF_ERROR(build_rank(checkpoint_dir, output_dir, m, build, rank));
   json cfg = {{"kiln_engine_format_version", kEngineFormatVersion},
               {"kiln_version", KILN_VERSION},
               {"model", m.to_json()},
@@ -251,7 +276,7 @@ Status build_engine(const std::string& checkpoint_dir, const std::string& output
   return copy_tokenizer_files(checkpoint_dir, output_dir).status();  // the engine dir carries its tokenizer
 }
 
-Result<Engine> load_engine(const std::string& dir) {
+Result<Engine> load_engine(const std::string& dir, int rank) {
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   const std::string rebuild = "; rebuild it with `kiln build`";
   if (!fs::is_directory(dir)) return not_found("engine dir " + dir + " does not exist");
@@ -267,8 +292,14 @@ Result<Engine> load_engine(const std::string& dir) {
   if (!j.contains("model") || !j.contains("build")) return invalid_argument(cfg_path + ": missing model or build section" + rebuild);
   KILN_ASSIGN_OR_RETURN(engine.model, ModelConfig::from_json(j["model"]));
   KILN_ASSIGN_OR_RETURN(engine.build, BuildConfig::from_json(j["build"]));
-  const std::string rank0 = (fs::path(dir) / "rank0.engine").string();
-  if (!fs::exists(rank0)) return not_found(dir + " has no rank0.engine" + rebuild);
+  const int world = engine.build.tp_size * engine.build.pp_size;
+  if (engine.build.tp_size < 1 || engine.build.pp_size < 1 || rank < 0 || rank >= world)
+    return invalid_argument(dir + ": rank " + std::to_string(rank) + " of an engine of tp_size " +
+                            std::to_string(engine.build.tp_size) + " x pp_size " + std::to_string(engine.build.pp_size));
+  KILN_RETURN_IF_ERROR(check_parallel(engine.model, engine.build.tp_size, engine.build.pp_size));
+  engine.layout = rank_layout(engine.model, engine.build.tp_size, engine.build.pp_size, rank);
+  const std::string rank0 = engine_rank_file(dir, rank);
+  if (!fs::exists(rank0)) return not_found(dir + " has no " + fs::path(rank0).filename().string() + rebuild);
   KILN_ASSIGN_OR_RETURN(engine.file, EngineFile::open(rank0));
   if (const fs::path tuning = fs::path(dir) / kGemmTuningFile; fs::exists(tuning)) {
     std::ifstream in(tuning, std::ios::binary);
@@ -277,7 +308,7 @@ Result<Engine> load_engine(const std::string& dir) {
     if (!in && !in.eof()) return data_loss(tuning.string() + ": cannot be read");
     engine.gemm_tuning = text.str();
   }
-  for (const WeightSpec& s : engine_specs(engine.model)) {
+  for (const WeightSpec& s : engine_specs(engine.model, engine.layout)) {
     const EngineTensor* t = engine.file->find(s.name);
     if (!t) return data_loss(rank0 + ": tensor '" + s.name + "' is missing" + rebuild);
     const std::optional<GgmlType> quant = quant_of(engine.build, s.name);

@@ -11,6 +11,7 @@
 #include "core/status.h"
 #include "io/engine_file.h"
 #include "model/model_config.h"
+#include "model/parallel_layout.h"
 
 namespace kiln {
 
@@ -30,7 +31,7 @@ struct BuildConfig {
   int64_t max_num_tokens = 0;   // tokens in one forward (prefill chunks + decode); 0 = default
   int64_t max_beam_width = 1;   // widest beam search a request may ask for
   std::string gemm_plugin = "auto";  // "auto", "disable" or the engine dtype (accepted for trtllm-build parity)
-  int tp_size = 1;
+  int tp_size = 1;  // from the checkpoint (build_engine: 0 = take the checkpoint's, otherwise must match it)
   int pp_size = 1;
   int tokens_per_block = 64;
   DType dtype = DType::kF32;     // float weights (from the checkpoint)
@@ -69,9 +70,10 @@ Status build_engine(const std::string& checkpoint_dir, const std::string& output
                     std::string* plan_text);
 
 struct Engine {
-  ModelConfig model;
+  ModelConfig model;                 // the whole model (rank_model(model, layout) is this rank's part)
   BuildConfig build;
-  std::shared_ptr<EngineFile> file;  // rank 0
+  RankLayout layout;                 // which rank `file` is
+  std::shared_ptr<EngineFile> file;  // that rank's weights
   std::string gemm_tuning;           // the backend's tuning record (kGemmTuningFile), empty when none
 };
 
@@ -80,6 +82,7 @@ inline constexpr const char* kGemmTuningFile = "gemm_tuning.json";
 
 // Loads and checks an engine dir: versions, config, every tensor present with the expected shape,
 // dtype, layout and size. Errors say what is wrong and what to run.
-Result<Engine> load_engine(const std::string& dir);
+// `rank` of an engine of several (tp_size x pp_size) ranks: its rank<N>.engine.
+Result<Engine> load_engine(const std::string& dir, int rank = 0);
 
 }  // namespace kiln

@@ -61,16 +61,21 @@ std::vector<Backend::LinearShape> LlamaModel::linear_shapes(const ModelConfig& c
           {c.vocab_size, c.hidden_size, false, true}};
 }
 
-Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const Engine& engine, Backend& backend) {
+Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const Engine& engine, Backend& backend, Communicator* comm) {
   if (engine.build.backend != backend.name())
     return failed_precondition("the engine was built for the " + engine.build.backend + " backend, not " +
                                backend.name() + "; rebuild it with `kiln build --backend " + backend.name() + "`");
-  std::unique_ptr<LlamaModel> m(new LlamaModel(engine, backend));
+  if (!engine.layout.single() && !comm)
+    return invalid_argument(engine.layout.to_string() + " of a multi-rank engine needs a communicator (RankGroup)");
+  std::unique_ptr<LlamaModel> m(new LlamaModel(engine, backend, engine.layout.single() ? nullptr : comm));
   KILN_RETURN_IF_ERROR(backend.use_tuning(engine.gemm_tuning));
   m->act_ = backend.activation_dtype(engine.build.dtype);
-  const ModelConfig& c = m->config_;
+  const ModelConfig& c = m->local_;
   m->file_ = engine.file;
-  KILN_ASSIGN_OR_RETURN(m->embed_, embedding(engine, backend, "embed.weight"));
+  if (engine.layout.first_stage()) {
+    KILN_ASSIGN_OR_RETURN(m->embed_, embedding(engine, backend, "embed.weight"));
+    m->embed_.vocab_start = engine.layout.vocab_start;
+  }
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     LayerWeights w;
@@ -88,24 +93,26 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::load(const Engine& engine, Backe
     KILN_ASSIGN_OR_RETURN(w.down_bias, optional_weight(engine, backend, p + "mlp.down.bias", c.mlp_bias));
     m->layers_.push_back(w);
   }
-  KILN_ASSIGN_OR_RETURN(m->final_norm_, weight(engine, backend, "final_norm.weight"));
-  KILN_ASSIGN_OR_RETURN(m->lm_head_, linear(engine, backend, "lm_head.weight"));
+  if (engine.layout.last_stage()) {
+    KILN_ASSIGN_OR_RETURN(m->final_norm_, weight(engine, backend, "final_norm.weight"));
+    KILN_ASSIGN_OR_RETURN(m->lm_head_, linear(engine, backend, "lm_head.weight"));
+  }
   return m;
 }
 
 KvCacheSpec LlamaModel::kv_cache_spec(int num_blocks) const {
   KvCacheSpec s;
-  s.num_layers = static_cast<int>(config_.num_layers);
+  s.num_layers = static_cast<int>(local_.num_layers);
   s.num_blocks = num_blocks;
   s.block_size = build_.tokens_per_block;
-  s.num_kv_heads = static_cast<int>(config_.num_kv_heads);
-  s.head_dim = static_cast<int>(config_.head_dim);
+  s.num_kv_heads = static_cast<int>(local_.num_kv_heads);
+  s.head_dim = static_cast<int>(local_.head_dim);
   s.dtype = build_.kv_cache_dtype;
   return s;
 }
 
 int32_t LlamaModel::attention_window(size_t layer) const {
-  const int32_t w = static_cast<int32_t>(config_.layer_window[layer]);
+  const int32_t w = static_cast<int32_t>(local_.layer_window[layer]);
   if (window_cap_ <= 0) return w;
   return w > 0 ? std::min(w, window_cap_) : window_cap_;
 }
@@ -116,7 +123,8 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
     return failed_precondition("forward: the workspace would grow while a forward is queued; collect it first");
   T = std::max(T, ws_tokens_);
   R = std::max(R, ws_logit_rows_);
-  const ModelConfig& c = config_;
+  const ModelConfig& c = local_;
+  const int64_t gathered = layout_.tp_size > 1 ? R : 0;  // rank_logits_ rows
   // One allocation carved into 64-byte aligned views.
   struct Part {
     Tensor* t;
@@ -135,7 +143,8 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
       {&gate_up_, act_, {T, 2 * c.intermediate_size}},
       {&mlp_act_, act_, {T, c.intermediate_size}},
       {&final_h_, act_, {R, c.hidden_size}},
-      {&logits_, DType::kF32, {R, c.vocab_size}},  // logits are f32 on every backend
+      {&logits_, DType::kF32, {R, config_.vocab_size}},  // logits are f32 on every backend
+      {&rank_logits_, DType::kF32, {gathered, c.vocab_size}},
   };
   size_t total = 0;
   for (const Part& p : parts) total += (static_cast<size_t>(p.shape.numel()) * dtype_size(p.dtype) + 63) / 64 * 64;
@@ -145,6 +154,7 @@ Status LlamaModel::ensure_workspace(int64_t T, int64_t R) {
     *p.t = Tensor{static_cast<char*>(ws_.mem.get()) + off, p.dtype, p.shape};
     off += (p.t->nbytes() + 63) / 64 * 64;
   }
+  if (gathered) KILN_RETURN_IF_ERROR(comm_->reserve(rank_logits_.nbytes()));
   ws_tokens_ = T;
   ws_logit_rows_ = R;
   for (auto& slot : host_slots_) slot = backend_.allocate_host(static_cast<size_t>(R) * 8);
@@ -218,7 +228,7 @@ Status LlamaModel::forward(const ForwardBatch& batch, KvStorage& kv, std::vector
 }
 
 Status LlamaModel::launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutput output, const SamplingBatch* sampling) {
-  const ModelConfig& c = config_;
+  const ModelConfig& c = local_;
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
   KILN_RETURN_IF_ERROR(check_batch(batch, kv));
@@ -248,7 +258,10 @@ Status LlamaModel::launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutpu
   std::copy(batch.logit_rows.begin(), batch.logit_rows.end(), w + at_rows);
   static_assert(sizeof(float) == sizeof(int32_t));
   fill_cos_sin(batch, reinterpret_cast<float*>(w + at_cs));
-  if (output == ForwardOutput::kSample) KILN_RETURN_IF_ERROR(backend_.begin_sampling(*sampling));
+  if (!layout_.last_stage() && !batch.previous_tokens.empty())
+    return invalid_argument("forward: previous tokens need one pipeline stage (the ids are on the last one)");
+  const bool outputs = layout_.last_stage();
+  if (output == ForwardOutput::kSample && outputs) KILN_RETURN_IF_ERROR(backend_.begin_sampling(*sampling));
   KILN_ASSIGN_OR_RETURN(Tensor inputs, backend_.begin_forward(batch.attention, static_cast<int32_t>(R), output, packed_));
   int32_t* in = inputs.as<int32_t>();
   Tensor pairs{in, DType::kI32, {at_ids}}, ids{in + at_ids, DType::kI32, {T}}, rows{in + at_rows, DType::kI32, {R}},
@@ -257,7 +270,7 @@ Status LlamaModel::launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutpu
          h = h_.rows(0, T), qkv = qkv_.rows(0, T), q = q_.rows(0, T), attn = attn_.rows(0, T),
          proj = proj_.rows(0, T), gate_up = gate_up_.rows(0, T), act = mlp_act_.rows(0, T),
          final_h = final_h_.rows(0, R), out_logits = logits_.rows(0, R), out_argmax = argmax_.rows(0, R),
-         out_log_probs = log_probs_.rows(0, R);
+         out_log_probs = log_probs_.rows(0, R), rank_logits = rank_logits_.rows(0, layout_.tp_size > 1 ? R : 0);
 
 
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -271,16 +284,28 @@ Status LlamaModel::launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutpu
   backend_.run_forward_ops([&] {
     // x: the residual stream [T, hidden]. Unfused, each block's output (proj) is added into x by the next
     // norm (add_rmsnorm: one pass); fused (decode sizes on a GPU), the block's linears add into x themselves.
-    const bool fused = backend_.fuses_block_linears(T);
-    // Tokens the previous forward picked on the device, from its ids (argmax_) before this one overwrites them.
-    backend_.scatter_tokens(argmax_, pairs, ids);
-    backend_.embedding(embed_, ids, x);
+    // With several ranks the row-parallel linears (o, down) make partial sums that an all-reduce completes
+    // before they join x: the unfused path.
+    const bool fused = backend_.fuses_block_linears(T) && layout_.single();
+    auto reduce = [&](Tensor& t) {  // tensor parallelism: sum the tp ranks' partial outputs
+      if (layout_.tp_size > 1) comm_->all_reduce_sum(t);
+    };
+    if (layout_.first_stage()) {
+      // Tokens the previous forward picked on the device, from its ids (argmax_) before this one overwrites them.
+      backend_.scatter_tokens(argmax_, pairs, ids);
+      backend_.embedding(embed_, ids, x);  // a vocab-parallel rank embeds its ids, zeros for the others'
+      reduce(x);
+    } else {
+      // The previous stage's residual stream and its last MLP output, still to be added (the unfused path).
+      comm_->recv_prev(x);
+      comm_->recv_prev(proj);
+    }
     for (size_t l = 0; l < layers_.size(); ++l) {
       LayerWeights& w = layers_[l];
       if (fused) {
         backend_.rmsnorm_linear(x, w.attn_norm, eps, h, w.qkv, bias(w.qkv_bias), qkv);
       } else {
-        if (l == 0) backend_.rmsnorm(x, w.attn_norm, eps, h);
+        if (l == 0 && layout_.first_stage()) backend_.rmsnorm(x, w.attn_norm, eps, h);
         else backend_.add_rmsnorm(x, proj, w.attn_norm, eps, h);  // adds the previous layer's MLP output
         backend_.linear(h, w.qkv, bias(w.qkv_bias), qkv);
       }
@@ -294,11 +319,18 @@ Status LlamaModel::launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutpu
         backend_.silu_mul_linear_add(gate_up, act, w.down, bias(w.down_bias), proj, x);
       } else {
         backend_.linear(attn, w.o, bias(w.o_bias), proj);
+        reduce(proj);
         backend_.add_rmsnorm(x, proj, w.mlp_norm, eps, h);
         backend_.linear(h, w.gate_up, bias(w.gate_up_bias), gate_up);
         backend_.silu_mul(gate_up, act);
         backend_.linear(act, w.down, bias(w.down_bias), proj);
+        reduce(proj);
       }
+    }
+    if (!layout_.last_stage()) {
+      comm_->send_next(x);
+      comm_->send_next(proj);
+      return;
     }
     // Only the rows whose logits are wanted go through the final norm and the LM head.
     Tensor last = h.rows(0, R);
@@ -308,16 +340,22 @@ Status LlamaModel::launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutpu
     } else {
       backend_.gather_rows(proj, rows, final_h);
       backend_.add_rmsnorm(last, final_h, final_norm_, eps, final_h);
-      backend_.linear(final_h, lm_head_, nullptr, out_logits);
+      if (layout_.tp_size > 1) {  // vocab-parallel LM head: this rank's columns, then all of them everywhere
+        backend_.linear(final_h, lm_head_, nullptr, rank_logits);
+        comm_->all_gather_columns(rank_logits, out_logits);
+      } else {
+        backend_.linear(final_h, lm_head_, nullptr, out_logits);
+      }
     }
     if (output == ForwardOutput::kArgmax) backend_.argmax_rows(out_logits, out_argmax);
     if (output == ForwardOutput::kSample) backend_.sample_rows(out_logits, out_argmax, out_log_probs);
   });
   Queued job;
+  job.outputs = outputs;
   job.output = output;
   job.rows = R;
   job.log_probs = output == ForwardOutput::kSample && sampling->log_probs;
-  if (output != ForwardOutput::kLogits) {
+  if (outputs && output != ForwardOutput::kLogits) {
     job.slot = next_slot_;
     next_slot_ ^= 1;
     char* host = static_cast<char*>(host_slots_[job.slot].get());
@@ -337,6 +375,11 @@ Status LlamaModel::collect(ForwardResult& out) {
   queued_.erase(queued_.begin());
   out.ids.clear();
   out.log_probs.clear();
+  out.logits.clear();
+  if (!q.outputs) {  // a stage before the last: its part is done when the fence is
+    backend_.wait_fence(q.fence);
+    return {};
+  }
   if (q.output == ForwardOutput::kLogits) {
     out.logits.resize(static_cast<size_t>(q.rows) * config_.vocab_size);
     backend_.download(logits_.rows(0, q.rows), out.logits.data());

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/communicator.h"
 #include "model/engine.h"
 #include "model/rope.h"
 
@@ -52,16 +53,19 @@ struct ForwardResult {
 // Not thread-safe (one activation workspace): one executor drives a model at a time.
 class LlamaModel {
  public:
-  static Result<std::unique_ptr<LlamaModel>> load(const Engine& engine, Backend& backend);
+  // One rank of the engine (engine.layout): with several, `comm` connects it to the others (every rank runs the
+  // same forwards in lockstep; see RankGroup).
+  static Result<std::unique_ptr<LlamaModel>> load(const Engine& engine, Backend& backend, Communicator* comm = nullptr);
   // The model's linear layers (qkv, o, gate_up, down, LM head), for tuning at build.
   static std::vector<Backend::LinearShape> linear_shapes(const ModelConfig& config);
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const { return config_; }  // the whole model
+  const RankLayout& layout() const { return layout_; }
   const BuildConfig& build() const { return build_; }
   KvCacheSpec kv_cache_spec(int num_blocks) const;
   // max_attention_window_size: caps every layer's attention window (0 = the model's own windows).
   void set_attention_window_cap(int32_t tokens) { window_cap_ = tokens; }
-  // The window layer l attends over (0 = the whole sequence).
+  // The window layer l (of this rank's layers) attends over (0 = the whole sequence).
   int32_t attention_window(size_t layer) const;
 
   // Allocates the activation workspace for the largest step the build allows (max_num_tokens tokens, a
@@ -84,21 +88,26 @@ class LlamaModel {
                  std::vector<int32_t>* argmax = nullptr);
 
  private:
-  LlamaModel(const Engine& engine, Backend& backend) : config_(engine.model), build_(engine.build), backend_(backend) {}
+  LlamaModel(const Engine& engine, Backend& backend, Communicator* comm)
+      : config_(engine.model), local_(rank_model(engine.model, engine.layout)), layout_(engine.layout),
+        build_(engine.build), backend_(backend), comm_(comm) {}
   Status ensure_workspace(int64_t tokens, int64_t logit_rows);
   Status check_batch(const ForwardBatch& batch, const KvStorage& kv) const;
   void fill_cos_sin(const ForwardBatch& batch, float* cos_sin);  // [T, rotary_dim]
 
-  ModelConfig config_;
+  ModelConfig config_;  // the whole model
+  ModelConfig local_;   // this rank's part of it (rank_model): the shapes of its weights and activations
+  RankLayout layout_;
   BuildConfig build_;
   Backend& backend_;
+  Communicator* comm_;  // null with one rank
   DType act_ = DType::kF32;  // activation type (backend_.activation_dtype of the weights)
   int32_t window_cap_ = 0;
   std::shared_ptr<EngineFile> file_;  // keeps the mapped weights alive
-  EmbeddingWeight embed_;              // [vocab, hidden]
+  EmbeddingWeight embed_;              // [vocab rows, hidden] (first stage)
   std::vector<LayerWeights> layers_;
-  Tensor final_norm_;                  // [hidden]
-  LinearWeight lm_head_;               // [vocab, hidden]
+  Tensor final_norm_;                  // [hidden] (last stage)
+  LinearWeight lm_head_;               // [vocab rows, hidden] (last stage)
   RopeCosSinCache cos_sin_cache_;
   std::optional<RopeFrequencies> freqs_;  // the frequencies of key freqs_key_ (fill_cos_sin)
   int64_t freqs_key_ = 0;
@@ -107,11 +116,13 @@ class LlamaModel {
   int64_t ws_tokens_ = 0, ws_logit_rows_ = 0;
   DeviceBuffer ws_;
   Tensor argmax_, log_probs_, x_, h_, qkv_, q_, attn_, proj_, gate_up_, mlp_act_, final_h_, logits_;
+  Tensor rank_logits_;  // [R, vocab rows] this tp rank's logits before the all-gather (tp > 1)
   std::vector<int32_t> packed_;  // the inputs on the host
 
   // Forwards launched and not collected, oldest first. Ids and log-probs come back through two pinned host slots
   // (forward N's while N+1 is queued); logits through a synchronous download at collect.
   struct Queued {
+    bool outputs = true;  // false on a pipeline stage before the last: nothing to hand back
     ForwardOutput output = ForwardOutput::kLogits;
     int64_t rows = 0;
     bool log_probs = false;

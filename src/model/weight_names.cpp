@@ -44,4 +44,27 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
   return w;
 }
 
+std::vector<WeightSpec> rank_weight_specs(const ModelConfig& c, const RankLayout& r) {
+  if (r.single()) return weight_specs(c);
+  const ModelConfig local = rank_model(c, r);
+  std::vector<WeightSpec> out;
+  for (WeightSpec& s : weight_specs(local)) {
+    if (s.name == "embed.weight" && !r.first_stage()) continue;
+    if ((s.name == "final_norm.weight" || s.name == "lm_head.weight") && !r.last_stage()) continue;
+    out.push_back(std::move(s));
+  }
+  if (c.tie_word_embeddings && r.last_stage())
+    out.push_back({"lm_head.weight", {local.vocab_size, local.hidden_size}, WeightKind::kLinear, {"lm_head.weight"}});
+  return out;
+}
+
+std::string whole_model_weight_name(const ModelConfig& c, const RankLayout& r, const std::string& local) {
+  if (local == "lm_head.weight" && c.tie_word_embeddings) return "embed.weight";
+  const std::string prefix = "layers.";
+  if (local.compare(0, prefix.size(), prefix) != 0) return local;
+  const size_t dot = local.find('.', prefix.size());
+  const int64_t l = std::stoll(local.substr(prefix.size(), dot - prefix.size()));
+  return prefix + std::to_string(r.first_layer + l) + local.substr(dot);
+}
+
 }  // namespace kiln

@@ -15,6 +15,7 @@
 #include "backend/backend.h"
 #include "executor/executor.h"
 #include "model/engine.h"
+#include "model/loaded_model.h"
 #include "model_config.pb.h"
 #include "server/metrics.h"
 #include "server/reply_worker.h"
@@ -86,8 +87,7 @@ class TrtllmModel : public Model {
       : Model(std::move(name), std::move(config)) {}
 
   Engine engine_;
-  std::unique_ptr<Backend> backend_;  // the engine's (cpu or cuda)
-  std::unique_ptr<LlamaModel> model_;
+  LoadedModel loaded_;  // the engine's ranks on their backends (cpu or cuda)
   std::unique_ptr<Executor> executor_;
   TrtllmLimits limits_;
   bool decoupled_ = false;

@@ -142,9 +142,8 @@ Result<std::shared_ptr<TrtllmModel>> TrtllmModel::load(const std::string& model_
   std::shared_ptr<TrtllmModel> m(new TrtllmModel(name, config));
   const inference::ModelConfig& c = *config;
   const std::string engine_dir = resolve_engine_dir(model_dir, name, model_parameter(c, "gpt_model_path"));
-  KILN_ASSIGN_OR_RETURN(m->engine_, load_engine(engine_dir));
-  KILN_ASSIGN_OR_RETURN(m->backend_, make_backend(m->engine_.build.backend));
-  KILN_ASSIGN_OR_RETURN(m->model_, LlamaModel::load(m->engine_, *m->backend_));
+  KILN_ASSIGN_OR_RETURN(m->loaded_, load_model(engine_dir));  // one rank, or every rank of a tp/pp engine
+  m->engine_ = m->loaded_.engine;
   KILN_ASSIGN_OR_RETURN(ExecutorConfig ec, executor_config(c));
   const BuildConfig& b = m->engine_.build;
   if (auto w = param(c, "max_beam_width")) {
@@ -172,7 +171,7 @@ Result<std::shared_ptr<TrtllmModel>> TrtllmModel::load(const std::string& model_
     if (db.default_queue_policy().max_queue_size() > 0 && !param(c, "max_queue_size"))
       ec.scheduler.max_queue_size = db.default_queue_policy().max_queue_size();
   }
-  KILN_ASSIGN_OR_RETURN(m->executor_, Executor::create(*m->model_, *m->backend_, ec));
+  KILN_ASSIGN_OR_RETURN(m->executor_, Executor::create(*m->loaded_.runner, ec));
   std::fprintf(stderr, "kiln serve: model '%s': engine %s (%s, max_batch_size %lld, max_input_len %lld, max_seq_len %lld)\n",
                name.c_str(), engine_dir.c_str(), dtype_name(b.dtype),
                static_cast<long long>(b.max_batch_size), static_cast<long long>(b.max_input_len),

@@ -50,8 +50,13 @@ void CpuBackend::embedding(const EmbeddingWeight& table, const Tensor& ids, Tens
   const auto& ops = cpu::vec_ops();
   const size_t row_bytes = table.quant ? *ggml_row_bytes(*table.quant, hidden) : hidden * dtype_size(table.data.dtype);
   for (int64_t t = 0; t < ids.numel(); ++t) {
-    KILN_CHECK(id[t] >= 0 && id[t] < table.vocab, "token id out of range reached the backend");
-    const char* row = table.data.as<char>() + id[t] * row_bytes;
+    KILN_CHECK(id[t] >= 0, "token id out of range reached the backend");
+    const int64_t r = id[t] - table.vocab_start;
+    if (r < 0 || r >= table.vocab) {  // another rank's slice of the vocabulary (ids are checked by the model)
+      std::fill(out.as<float>() + t * hidden, out.as<float>() + (t + 1) * hidden, 0.0f);
+      continue;
+    }
+    const char* row = table.data.as<char>() + r * row_bytes;
     if (table.quant) dequantize_row(*table.quant, row, out.as<float>() + t * hidden, hidden);
     else ops.to_f32(row, table.data.dtype, out.as<float>() + t * hidden, hidden);
   }

@@ -359,8 +359,8 @@ cuda::DeviceKv CudaBackend::device_kv(const KvLayer& kv) const {
 
 void CudaBackend::embedding(const EmbeddingWeight& table, const Tensor& ids, Tensor& out) {
   KILN_CHECK(!table.quant, "cuda backend: quantized embedding tables are refused at build");
-  cuda::embedding(table.data.data, table.data.dtype, ids.as<int32_t>(), ids.numel(), table.hidden, out.data, out.dtype,
-                  stream_);
+  cuda::embedding(table.data.data, table.data.dtype, table.vocab_start, table.vocab, ids.as<int32_t>(), ids.numel(),
+                  table.hidden, out.data, out.dtype, stream_);
 }
 
 void CudaBackend::rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {

@@ -54,9 +54,10 @@ struct DeviceKv {
   int32_t head_dim = 0;
 };
 
-// out[t, :] = table[ids[t], :]. table [vocab, hidden] of table_dtype (f32/f16/bf16), ids [T], out [T, hidden] act.
-void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t num_tokens, int64_t hidden,
-               void* out, DType act, cudaStream_t stream);
+// out[t, :] = table[ids[t] - row0, :], zeros where ids[t] - row0 is outside [0, rows) (a vocab-parallel slice).
+// table [rows, hidden] of table_dtype (f32/f16/bf16), ids [T], out [T, hidden] act.
+void embedding(const void* table, DType table_dtype, int64_t row0, int64_t rows, const int32_t* ids,
+               int64_t num_tokens, int64_t hidden, void* out, DType act, cudaStream_t stream);
 
 // out[i] = x[i] converted from `from` to `to` (f32 / f16 / bf16; round to nearest even). n elements.
 void convert(const void* x, DType from, void* out, DType to, int64_t n, cudaStream_t stream);

@@ -86,23 +86,32 @@ unsigned grid_rows(int64_t rows) { return static_cast<unsigned>(rows < 65535 ? r
 
 // ---------------------------------------------------------------- embedding
 
-// out [T, hidden] (TO) = table [vocab, hidden] (TI) rows ids[t]; grid (chunks of the row, tokens).
+// out [T, hidden] (TO) = table [rows, hidden] (TI) row ids[t] - row0, zeros for ids outside the table (a
+// vocab-parallel rank's slice); grid (chunks of the row, tokens).
 // W elements per thread per step (8 when hidden % 8 == 0 and aligned: 16- or 32-byte accesses).
 template <typename TI, typename TO, int W>
-__global__ void embedding_kernel(const TI* __restrict__ table, const int32_t* __restrict__ ids, int64_t num_tokens,
-                                 int64_t hidden, TO* __restrict__ out) {
+__global__ void embedding_kernel(const TI* __restrict__ table, int64_t row0, int64_t rows,
+                                 const int32_t* __restrict__ ids, int64_t num_tokens, int64_t hidden,
+                                 TO* __restrict__ out) {
   pdl_wait();
   pdl_launch_dependents();
   const int64_t packs = hidden / W;
   for (int64_t t = blockIdx.y; t < num_tokens; t += gridDim.y) {
-    const TI* src = table + static_cast<int64_t>(ids[t]) * hidden;
+    const int64_t r = static_cast<int64_t>(ids[t]) - row0;
+    const bool held = r >= 0 && r < rows;
+    const TI* src = table + (held ? r : 0) * hidden;
     TO* dst = out + t * hidden;
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < packs;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      const Pack<TI, W> a = load_pack<TI, W>(src + i * W);
       Pack<TO, W> b;
+      if (held) {
+        const Pack<TI, W> a = load_pack<TI, W>(src + i * W);
 #pragma unroll
-      for (int k = 0; k < W; ++k) b.v[k] = from_f32<TO>(to_f32(a.v[k]));
+        for (int k = 0; k < W; ++k) b.v[k] = from_f32<TO>(to_f32(a.v[k]));
+      } else {
+#pragma unroll
+        for (int k = 0; k < W; ++k) b.v[k] = from_f32<TO>(0.0f);
+      }
       store_pack<TO, W>(dst + i * W, b);
     }
   }
@@ -638,8 +647,8 @@ void convert(const void* x, DType from, void* out, DType to, int64_t n, cudaStre
   });
 }
 
-void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t num_tokens, int64_t hidden,
-               void* out, DType act, cudaStream_t stream) {
+void embedding(const void* table, DType table_dtype, int64_t row0, int64_t rows, const int32_t* ids,
+               int64_t num_tokens, int64_t hidden, void* out, DType act, cudaStream_t stream) {
   if (num_tokens == 0 || hidden == 0) return;
   dispatch_float(table_dtype, "embedding table", [&](auto ti) {
     using TI = decltype(ti);
@@ -652,7 +661,7 @@ void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t
       const int w = vec ? 8 : 1;
       const dim3 grid(static_cast<unsigned>(ceil_div(hidden / w, kThreads)), grid_rows(num_tokens));
       launch_kernel(vec ? embedding_kernel<TI, TO, 8> : embedding_kernel<TI, TO, 1>, grid, kThreads, 0, stream,
-                    static_cast<const TI*>(table), ids, num_tokens, hidden, static_cast<TO*>(out));
+                    static_cast<const TI*>(table), row0, rows, ids, num_tokens, hidden, static_cast<TO*>(out));
       check_launch("embedding");
     });
   });

@@ -147,9 +147,12 @@ TEST_F(CudaOps, Embedding) {
   for (int64_t hidden : {64, 576, 3072, 4096, 100, 37}) {
     for (DType table_t : kFloatTypes) {
       for (DType act : kFloatTypes) {
-        for (int offset : {0, 1}) {  // offset: unaligned table / out -> scalar path
+        for (int offset : {0, 1})  // offset: unaligned table / out -> scalar path
+        for (int64_t row0 : {0, 3}) {  // 3: a vocab-parallel slice of ids [3, vocab - 3); others embed as zeros
+          const int64_t rows = row0 ? vocab - 6 : vocab;
           SCOPED_TRACE(std::string("table ") + dtype_name(table_t) + " act " + dtype_name(act) +
-                       " hidden=" + std::to_string(hidden) + " offset=" + std::to_string(offset));
+                       " hidden=" + std::to_string(hidden) + " offset=" + std::to_string(offset) +
+                       " row0=" + std::to_string(row0));
           const std::vector<uint8_t> table = to_bytes(random_floats(vocab * hidden, rng), table_t);
           std::vector<int32_t> ids(11);
           std::uniform_int_distribution<int32_t> pick(0, vocab - 1);
@@ -161,7 +164,8 @@ TEST_F(CudaOps, Embedding) {
           // CPU: f32 out, then rounded to act as the GPU stores it (the conversions are exact either way).
           EmbeddingWeight w;
           w.data = Tensor{const_cast<uint8_t*>(table.data()), table_t, {vocab, hidden}};
-          w.vocab = vocab;
+          w.vocab = rows;
+          w.vocab_start = row0;
           w.hidden = hidden;
           Tensor ids_t{ids.data(), DType::kI32, {T}};
           std::vector<float> ref(T * hidden);
@@ -178,8 +182,8 @@ TEST_F(CudaOps, Embedding) {
           CUDA_ASSERT(cudaMemcpy(d_table.at(toff), table.data(), table.size(), cudaMemcpyHostToDevice));
           CUDA_ASSERT(cudaMemcpy(d_ids.at(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
           CUDA_ASSERT(cudaMemset(d_out.at(aoff), 0xff, out_bytes));
-          embedding(d_table.at(toff), table_t, reinterpret_cast<int32_t*>(d_ids.at()), T, hidden, d_out.at(aoff), act,
-                    stream_);
+          embedding(d_table.at(toff), table_t, row0, rows, reinterpret_cast<int32_t*>(d_ids.at()), T, hidden,
+                    d_out.at(aoff), act, stream_);
           ASSERT_NO_FATAL_FAILURE(finish("embedding"));
           std::vector<uint8_t> out(out_bytes);
           CUDA_ASSERT(cudaMemcpy(out.data(), d_out.at(aoff), out_bytes, cudaMemcpyDeviceToHost));

@@ -1,0 +1,240 @@
+#include "model/rank_group.h"
+
+#include <algorithm>
+
+#include "backend/backend_factory.h"
+
+namespace kiln {
+
+Result<std::unique_ptr<RankGroup>> RankGroup::load(const std::string& dir) {
+  KILN_ASSIGN_OR_RETURN(Engine first, load_engine(dir, 0));
+  std::unique_ptr<RankGroup> g(new RankGroup());
+  g->config_ = first.model;
+  g->build_ = first.build;
+  const int tp = first.build.tp_size, pp = first.build.pp_size, world = tp * pp;
+  g->micro_batches_ = 2 * pp;
+  for (int r = 0; r < world; ++r) {
+    auto rank = std::make_unique<Rank>();
+    if (r == 0) {
+      rank->engine = std::move(first);
+    } else {
+      KILN_ASSIGN_OR_RETURN(rank->engine, load_engine(dir, r));
+    }
+    g->ranks_.push_back(std::move(rank));
+  }
+  for (auto& r : g->ranks_) r->thread = std::thread([self = g.get(), rank = r.get()] { self->serve(*rank); });
+  // Backends on their ranks' threads (a GPU's context is per thread), then the communicators, then the models.
+  KILN_RETURN_IF_ERROR(g->on_every_rank([&](Rank& r) -> Status {
+    Result<std::unique_ptr<Backend>> b = make_backend(r.engine.build.backend, r.engine.layout.rank());
+    if (!b.ok())
+      return b.status().with_context(r.engine.layout.to_string() + " (a rank per GPU: tp_size x pp_size = " +
+                                     std::to_string(world) + " GPUs)");
+    r.backend = std::move(*b);
+    return {};
+  }));
+  std::vector<Backend*> backends;
+  for (auto& r : g->ranks_) backends.push_back(r->backend.get());
+  KILN_ASSIGN_OR_RETURN(g->comms_, make_communicators(backends, tp, pp));
+  KILN_RETURN_IF_ERROR(g->on_every_rank([&](Rank& r) -> Status {
+    KILN_ASSIGN_OR_RETURN(r.model, LlamaModel::load(r.engine, *r.backend, g->comms_.ranks[r.engine.layout.rank()]));
+    return {};
+  }));
+  g->samples_on_device_ = pp == 1 && g->ranks_[0]->backend->samples_on_device();
+  return g;
+}
+
+RankGroup::~RankGroup() {
+  // Each rank's model, KV cache and backend go on its own thread (a GPU's context), the communicators in between.
+  if (ranks_.empty() || !ranks_.back()->thread.joinable()) return;  // load failed before the threads started
+  (void)on_every_rank([](Rank& r) -> Status {
+    r.kv.reset();
+    r.model.reset();
+    return {};
+  });
+  comms_ = {};
+  (void)on_every_rank([](Rank& r) -> Status {
+    r.backend.reset();
+    return {};
+  });
+  for (auto& r : ranks_) {
+    {
+      std::lock_guard<std::mutex> lock(r->mu);
+      r->stop = true;
+    }
+    r->cv.notify_one();
+  }
+  for (auto& r : ranks_)
+    if (r->thread.joinable()) r->thread.join();
+}
+
+void RankGroup::serve(Rank& r) {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(r.mu);
+      r.cv.wait(lock, [&] { return r.stop || !r.tasks.empty(); });
+      if (r.tasks.empty()) return;  // stopping, nothing left
+      task = std::move(r.tasks.front());
+      r.tasks.pop_front();
+    }
+    task();
+  }
+}
+
+void RankGroup::post(Rank& r, std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(r.mu);
+    r.tasks.push_back(std::move(task));
+  }
+  r.cv.notify_one();
+}
+
+Status RankGroup::on_every_rank(const std::function<Status(Rank&)>& fn) {
+  std::mutex mu;
+  std::condition_variable cv;
+  int remaining = static_cast<int>(ranks_.size());
+  std::vector<Status> status(ranks_.size());
+  for (size_t i = 0; i < ranks_.size(); ++i)
+    post(*ranks_[i], [&, i] {
+      Status s = fn(*ranks_[i]);
+      std::lock_guard<std::mutex> lock(mu);
+      status[i] = std::move(s);
+      if (--remaining == 0) cv.notify_one();
+    });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return remaining == 0; });
+  for (Status& s : status)
+    if (!s.ok()) return s;
+  return {};
+}
+
+uint64_t RankGroup::kv_bytes_per_block() const {
+  uint64_t most = 0;
+  for (const auto& r : ranks_) most = std::max<uint64_t>(most, r->model->kv_cache_spec(1).bytes_per_block());
+  return most;
+}
+
+uint64_t RankGroup::free_memory() {
+  std::vector<uint64_t> free(ranks_.size());
+  Status s = on_every_rank([&](Rank& r) -> Status {
+    free[r.engine.layout.rank()] = r.backend->free_memory();
+    return {};
+  });
+  const uint64_t least = *std::min_element(free.begin(), free.end());
+  // The CPU's ranks share the host's memory.
+  return build_.backend == "cpu" ? least / ranks_.size() : least;
+}
+
+Status RankGroup::reserve_workspace() {
+  return on_every_rank([](Rank& r) { return r.model->reserve_workspace(); });
+}
+
+Status RankGroup::create_kv_cache(int num_blocks) {
+  return on_every_rank([&](Rank& r) -> Status {
+    KILN_ASSIGN_OR_RETURN(r.kv, r.backend->create_kv_storage(r.model->kv_cache_spec(num_blocks)));
+    return {};
+  });
+}
+
+void RankGroup::copy_kv_blocks(std::span<const std::pair<int32_t, int32_t>> src_dst) {
+  pending_copies_.insert(pending_copies_.end(), src_dst.begin(), src_dst.end());
+}
+
+void RankGroup::set_attention_window_cap(int32_t tokens) {
+  for (auto& r : ranks_) r->model->set_attention_window_cap(tokens);
+}
+
+int32_t RankGroup::attention_window(int64_t layer) const {
+  for (const auto& r : ranks_) {
+    const RankLayout& l = r->engine.layout;
+    if (layer >= l.first_layer && layer < l.first_layer + l.num_layers)
+      return r->model->attention_window(static_cast<size_t>(layer - l.first_layer));
+  }
+  return 0;
+}
+
+Status RankGroup::launch(const ForwardBatch& batch, ForwardOutput output, const SamplingBatch* sampling) {
+  if (!ranks_[0]->kv) return failed_precondition("forward before create_kv_cache");
+  if (steps_.size() >= 2 || (!steps_.empty() && steps_.back()->output == ForwardOutput::kLogits))
+    return failed_precondition("forward: launched with " + std::to_string(steps_.size()) +
+                               " forwards queued (at most two, and a logits forward must be collected first)");
+  if (output == ForwardOutput::kSample && !samples_on_device_)
+    return failed_precondition("forward: this rank group samples on the host (kLogits)");
+  if (!batch.previous_tokens.empty() && !accepts_previous_tokens())
+    return invalid_argument("forward: previous tokens with pipeline stages");
+  auto step = std::make_shared<Step>();
+  step->output = output;
+  step->rows = static_cast<int64_t>(batch.logit_rows.size());
+  if (build_.pp_size > 1) {
+    step->parts = split_micro_batches(batch, micro_batches_);
+  } else {
+    step->parts.push_back({batch, {}});
+    for (int32_t j = 0; j < static_cast<int32_t>(batch.logit_rows.size()); ++j) step->parts[0].rows.push_back(j);
+  }
+  if (sampling) {
+    step->sampling_copy = *sampling;
+    step->sampling = &step->sampling_copy;
+  }
+  step->copies = std::move(pending_copies_);
+  pending_copies_.clear();
+  step->results.resize(step->parts.size());
+  step->status.resize(ranks_.size());
+  step->remaining = static_cast<int>(ranks_.size());
+  for (size_t i = 0; i < ranks_.size(); ++i)
+    post(*ranks_[i], [this, i, step] { run_step(*ranks_[i], static_cast<int>(i), *step); });
+  steps_.push_back(std::move(step));
+  return {};
+}
+
+void RankGroup::run_step(Rank& r, int index, Step& step) {
+  Status st;
+  if (!step.copies.empty()) r.backend->copy_kv_blocks(*r.kv, step.copies);
+  for (size_t m = 0; m < step.parts.size() && st.ok(); ++m) {
+    st = r.model->launch(step.parts[m].batch, *r.kv, step.output, step.sampling);
+    ForwardResult res;
+    if (st.ok()) st = r.model->collect(res);
+    if (st.ok() && index == output_rank()) step.results[m] = std::move(res);
+  }
+  std::lock_guard<std::mutex> lock(step.mu);
+  step.status[index] = std::move(st);
+  if (--step.remaining == 0) step.cv.notify_one();
+}
+
+Status RankGroup::collect(ForwardResult& out) {
+  if (steps_.empty()) return failed_precondition("forward: collect without a queued forward");
+  std::shared_ptr<Step> step = std::move(steps_.front());
+  steps_.pop_front();
+  {
+    std::unique_lock<std::mutex> lock(step->mu);
+    step->cv.wait(lock, [&] { return step->remaining == 0; });
+  }
+  for (size_t i = 0; i < step->status.size(); ++i)
+    if (!step->status[i].ok())
+      return step->status[i].with_context(ranks_[i]->engine.layout.to_string());
+  if (step->parts.size() == 1) {
+    out = std::move(step->results[0]);
+    return {};
+  }
+  // Put each micro-batch's rows back where they are in the whole batch.
+  const size_t R = static_cast<size_t>(step->rows), V = static_cast<size_t>(config_.vocab_size);
+  out.ids.clear();
+  out.log_probs.clear();
+  out.logits.clear();
+  const bool ids = step->output != ForwardOutput::kLogits;
+  const bool log_probs = !step->results.empty() && !step->results[0].log_probs.empty();
+  if (ids) out.ids.resize(R);
+  else out.logits.resize(R * V);
+  if (log_probs) out.log_probs.resize(R);
+  for (size_t m = 0; m < step->parts.size(); ++m) {
+    const ForwardResult& part = step->results[m];
+    const std::vector<int32_t>& rows = step->parts[m].rows;
+    for (size_t j = 0; j < rows.size(); ++j) {
+      if (ids) out.ids[rows[j]] = part.ids[j];
+      else std::copy(part.logits.begin() + j * V, part.logits.begin() + (j + 1) * V, out.logits.begin() + rows[j] * V);
+      if (log_probs) out.log_probs[rows[j]] = part.log_probs[j];
+    }
+  }
+  return {};
+}
+
+}  // namespace kiln
