@@ -159,6 +159,7 @@ std::string human_bytes(uint64_t b) {
 
 std::string MemoryPlan::to_string() const {
   std::ostringstream os;
+  if (ranks > 1) os << "per rank (rank 0 of " << ranks << "):\n";
   os << "weights:            " << human_bytes(weights_bytes) << " (" << weights_bytes << " bytes)\n"
      << "KV cache per token: " << kv_bytes_per_token << " bytes\n"
      << "KV budget:          " << human_bytes(kv_budget_bytes) << " -> " << kv_tokens << " tokens\n"
@@ -171,6 +172,7 @@ MemoryPlan plan_memory(const ModelConfig& m, const BuildConfig& b, double kv_fra
   MemoryPlan p;
   const RankLayout r0 = rank_layout(m, b.tp_size, b.pp_size, 0);  // the first rank holds the most layers
   const ModelConfig local = rank_model(m, r0);
+  p.ranks = r0.world_size();
   for (const WeightSpec& s : engine_specs(m, r0)) p.weights_bytes += stored_bytes(s, b, quant_of(b, s.name));
   p.kv_bytes_per_token = 2ull * local.num_layers * local.num_kv_heads * local.head_dim * dtype_size(b.kv_cache_dtype);
   uint64_t avail = available_host_memory();

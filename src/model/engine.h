@@ -58,6 +58,7 @@ struct MemoryPlan {
   uint64_t kv_budget_bytes = 0;
   uint64_t kv_tokens = 0;              // tokens of KV that fit the budget
   uint64_t tokens_for_full_batch = 0;  // max_batch_size * max_seq_len
+  int ranks = 1;                       // tp_size x pp_size: weights and KV are those of rank 0 (the most layers)
   std::string to_string() const;
 };
 

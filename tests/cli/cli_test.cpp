@@ -52,6 +52,33 @@ TEST_F(CliTest, RunPrintsJsonWithLogProbsMatchingTransformers) {
   EXPECT_EQ(outs[1]["finish_reason"], "length");
 }
 
+// A tensor- and pipeline-parallel engine (2 x 2 ranks as threads on the CPU) answers as Hugging Face does.
+TEST_F(CliTest, RunsATensorAndPipelineParallelEngine) {
+  std::ifstream in(test::data_path("models/qwen3/golden.json"));
+  auto golden = nlohmann::json::parse(in)["cases"][1];
+  CliRun c = kiln("convert --model_dir " + test::data_path("models/qwen3") + " --output_dir " + dir_->sub("ckpt22") +
+                  " --dtype float32 --tp_size 2 --pp_size 2");
+  ASSERT_EQ(c.code, 0) << c.output;
+  CliRun b = kiln("build --checkpoint_dir " + dir_->sub("ckpt22") + " --output_dir " + dir_->sub("engine22") +
+                  " --max_batch_size 4 --max_input_len 128 --max_output_len 32");
+  ASSERT_EQ(b.code, 0) << b.output;
+  for (int r = 0; r < 4; ++r)
+    EXPECT_TRUE(std::ifstream(dir_->sub("engine22") + "/rank" + std::to_string(r) + ".engine").good()) << "rank " << r;
+  std::string ids;
+  for (const auto& t : golden["prompt"]) ids += (ids.empty() ? "" : ",") + std::to_string(t.get<int>());
+  CliRun r = kiln("run --engine_dir " + dir_->sub("engine22") + " --input_ids " + ids +
+                  " --max_output_len 24 --json --ignore_eos");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto out = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+  EXPECT_EQ(out["output_ids"], golden["greedy_24"]);
+  for (int i = 0; i < 24; ++i)
+    EXPECT_NEAR(out["log_probs"][i].get<double>(), golden["greedy_logprobs"][i].get<double>(), 1e-3);
+  CliRun bad = kiln("build --checkpoint_dir " + dir_->sub("ckpt22") + " --output_dir " + dir_->sub("engine_bad") +
+                    " --max_input_len 128 --max_output_len 32 --tp_size 1");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("converted for tp_size 2"), std::string::npos) << bad.output;
+}
+
 // Several prompts run concurrently through the executor; sampling flags mirror the tensor names and a
 // seed makes a run reproducible.
 TEST_F(CliTest, RunSamplesWithSeedsAndBeams) {
