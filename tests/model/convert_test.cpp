@@ -208,10 +208,49 @@ TEST_F(ConvertTest, RefusesValuesOutsideFloat16Range) {
   EXPECT_TRUE(convert(DType::kBF16).ok()) << "bf16 has the range";
 }
 
-TEST_F(ConvertTest, RefusesMultiRankUntilParallelismExists) {
-  Status s = convert(DType::kF32, 2);
-  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
-  EXPECT_NE(s.message().find("tp_size"), std::string::npos) << s.message();
+// Each rank's file holds its part of each tensor: llama fixture, 4 heads / 2 KV heads of 16, intermediate 176.
+TEST_F(ConvertTest, SplitsTensorsPerRank) {
+  ASSERT_TRUE(convert(DType::kF32, 1).ok());
+  ASSERT_TRUE(convert_hf_checkpoint({.model_dir = hf_.path(), .output_dir = out_.sub("tp2"), .tp_size = 2}).ok());
+  auto whole = SafetensorsFile::open(out_.sub("ckpt/rank0.safetensors"));
+  auto r1 = SafetensorsFile::open(out_.sub("tp2/rank1.safetensors"));
+  ASSERT_TRUE(whole.ok() && r1.ok());
+  auto f32 = [](const SafetensorsEntry* e) { return static_cast<const float*>(e->data); };
+  const int64_t hidden = 64, D = 16, q = 4 * D, kv = 2 * D, inter = 176;
+  // qkv: rank 1 has q heads 2-3, then KV head 1 of k, then KV head 1 of v.
+  const SafetensorsEntry* wq = whole->find("layers.1.attn.qkv.weight");
+  const SafetensorsEntry* rq = r1->find("layers.1.attn.qkv.weight");
+  ASSERT_EQ(rq->shape, (Shape{(q + 2 * kv) / 2, hidden}));
+  EXPECT_EQ(f32(rq)[0], f32(wq)[(2 * D) * hidden]);
+  EXPECT_EQ(f32(rq)[(2 * D) * hidden + 5], f32(wq)[(q + D) * hidden + 5]);          // its k rows
+  EXPECT_EQ(f32(rq)[(3 * D) * hidden + 7], f32(wq)[(q + kv + D) * hidden + 7]);     // its v rows
+  // o: [hidden, q / 2] columns of its heads; down: [hidden, inter / 2] columns of its slice.
+  const SafetensorsEntry* wo = whole->find("layers.0.attn.o.weight");
+  const SafetensorsEntry* ro = r1->find("layers.0.attn.o.weight");
+  ASSERT_EQ(ro->shape, (Shape{hidden, q / 2}));
+  EXPECT_EQ(f32(ro)[3 * (q / 2) + 1], f32(wo)[3 * q + q / 2 + 1]);
+  const SafetensorsEntry* wd = whole->find("layers.0.mlp.down.weight");
+  const SafetensorsEntry* rd = r1->find("layers.0.mlp.down.weight");
+  ASSERT_EQ(rd->shape, (Shape{hidden, inter / 2}));
+  EXPECT_EQ(f32(rd)[2 * (inter / 2)], f32(wd)[2 * inter + inter / 2]);
+  // gate_up: its gate rows, then its up rows.
+  const SafetensorsEntry* wg = whole->find("layers.0.mlp.gate_up.weight");
+  const SafetensorsEntry* rg = r1->find("layers.0.mlp.gate_up.weight");
+  EXPECT_EQ(f32(rg)[0], f32(wg)[(inter / 2) * hidden]);
+  EXPECT_EQ(f32(rg)[(inter / 2) * hidden], f32(wg)[(inter + inter / 2) * hidden]);
+  // The vocabulary: rows 256-511 of 512; norms whole.
+  EXPECT_EQ(r1->find("embed.weight")->shape, (Shape{256, hidden}));
+  EXPECT_EQ(f32(r1->find("embed.weight"))[3], f32(whole->find("embed.weight"))[256 * hidden + 3]);
+  EXPECT_EQ(f32(r1->find("final_norm.weight"))[9], f32(whole->find("final_norm.weight"))[9]);
+  auto info = read_checkpoint_info(out_.sub("tp2"));
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->tp_size, 2);
+}
+
+TEST_F(ConvertTest, RefusesSplitsThatDoNotDivide) {
+  Status s = convert(DType::kF32, 3);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("--tp_size 3 does not divide num_attention_heads=4"), std::string::npos) << s.message();
 }
 
 TEST(ModelConfigTest, ReadsEosFromGenerationConfigAsIntOrList) {
