@@ -25,7 +25,7 @@ Result<std::unique_ptr<RankGroup>> RankGroup::load(const std::string& dir) {
   for (auto& r : g->ranks_) r->thread = std::thread([self = g.get(), rank = r.get()] { self->serve(*rank); });
   // Backends on their ranks' threads (a GPU's context is per thread), then the communicators, then the models.
   KILN_RETURN_IF_ERROR(g->on_every_rank([&](Rank& r) -> Status {
-    Result<std::unique_ptr<Backend>> b = make_backend(r.engine.build.backend, r.engine.layout.rank());
+    Result<std::unique_ptr<Backend>> b = make_backend(r.engine.build.backend, r.engine.layout.rank(), world);
     if (!b.ok())
       return b.status().with_context(r.engine.layout.to_string() + " (a rank per GPU: tp_size x pp_size = " +
                                      std::to_string(world) + " GPUs)");

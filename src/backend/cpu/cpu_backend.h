@@ -1,6 +1,8 @@
 // The CPU backend: host memory, f32 activations, SIMD kernels chosen at run time, both cores.
 #pragma once
 
+#include <memory>
+
 #include "backend/backend.h"
 #include "core/thread_pool.h"
 
@@ -9,6 +11,9 @@ namespace kiln {
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(ThreadPool& pool = ThreadPool::global()) : pool_(pool) {}
+  // With a pool of its own of `threads` threads (ranks of a multi-rank engine run side by side, each on its share
+  // of the cores, instead of taking turns on the shared pool).
+  explicit CpuBackend(int threads) : owned_pool_(std::make_unique<ThreadPool>(threads)), pool_(*owned_pool_) {}
   std::string name() const override { return "cpu"; }
   uint64_t free_memory() const override;
 
@@ -35,6 +40,7 @@ class CpuBackend final : public Backend {
   void synchronize() override {}
 
  private:
+  std::unique_ptr<ThreadPool> owned_pool_;
   ThreadPool& pool_;
 };
 
