@@ -186,6 +186,15 @@ void LlamaModel::fill_cos_sin(const ForwardBatch& batch, float* cs) {
 }
 
 Status LlamaModel::check_batch(const ForwardBatch& batch, const KvStorage& kv) const {
+  KILN_RETURN_IF_ERROR(validate(batch, kv.spec));
+  for (const auto& [t, row] : batch.previous_tokens)
+    if (t < 0 || t >= static_cast<int64_t>(batch.token_ids.size()) || row < 0 || row >= last_rows_ ||
+        last_output_ == ForwardOutput::kLogits)
+      return invalid_argument("forward: a previous token refers to no id of the last forward");
+  return {};
+}
+
+Status LlamaModel::validate(const ForwardBatch& batch, const KvCacheSpec& kv) const {
   const ModelConfig& c = config_;
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
@@ -201,7 +210,7 @@ Status LlamaModel::check_batch(const ForwardBatch& batch, const KvStorage& kv) c
   for (int32_t r : batch.logit_rows)
     if (r < 0 || r >= T) return invalid_argument("forward: logit row out of range");
   for (const SequenceView& s : batch.attention.seqs) {
-    const int64_t blocks_needed = (s.context_len + kv.spec.block_size - 1) / kv.spec.block_size;
+    const int64_t blocks_needed = (s.context_len + kv.block_size - 1) / kv.block_size;
     if (s.num_new <= 0 || s.context_len < s.num_new || s.first_token < 0 || s.first_token + s.num_new > T ||
         static_cast<int64_t>(s.block_table.size()) < blocks_needed)
       return invalid_argument("forward: inconsistent sequence layout");
@@ -209,11 +218,8 @@ Status LlamaModel::check_batch(const ForwardBatch& batch, const KvStorage& kv) c
       return invalid_argument("sequence length " + std::to_string(s.context_len) + " exceeds max_seq_len=" +
                               std::to_string(build_.max_seq_len) + " set at build");
     for (int32_t b : s.block_table)
-      if (b < 0 || b >= kv.spec.num_blocks) return invalid_argument("forward: KV block id out of range");
+      if (b < 0 || b >= kv.num_blocks) return invalid_argument("forward: KV block id out of range");
   }
-  for (const auto& [t, row] : batch.previous_tokens)
-    if (t < 0 || t >= T || row < 0 || row >= last_rows_ || last_output_ == ForwardOutput::kLogits)
-      return invalid_argument("forward: a previous token refers to no id of the last forward");
   return {};
 }
 

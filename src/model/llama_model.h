@@ -79,6 +79,10 @@ class LlamaModel {
   // can prepare and launch step N+1 while step N runs, then collect N; a kLogits forward must be collected before
   // the next launch (its logits buffer is reused).
   Status launch(const ForwardBatch& batch, KvStorage& kv, ForwardOutput output, const SamplingBatch* sampling = nullptr);
+  // What launch checks of a batch, except previous_tokens (which depend on the forwards queued): token ids, limits,
+  // the sequences' layout, block ids within `kv`. Every rank of a group takes the same batch: checked once, before
+  // any rank starts (a rank that refused it alone would leave the others waiting in a collective).
+  Status validate(const ForwardBatch& batch, const KvCacheSpec& kv) const;
   Status collect(ForwardResult& out);
   int in_flight() const { return static_cast<int>(queued_.size()); }
 
@@ -92,7 +96,7 @@ class LlamaModel {
       : config_(engine.model), local_(rank_model(engine.model, engine.layout)), layout_(engine.layout),
         build_(engine.build), backend_(backend), comm_(comm) {}
   Status ensure_workspace(int64_t tokens, int64_t logit_rows);
-  Status check_batch(const ForwardBatch& batch, const KvStorage& kv) const;
+  Status check_batch(const ForwardBatch& batch, const KvStorage& kv) const;  // validate + previous tokens
   void fill_cos_sin(const ForwardBatch& batch, float* cos_sin);  // [T, rotary_dim]
 
   ModelConfig config_;  // the whole model

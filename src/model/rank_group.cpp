@@ -162,6 +162,15 @@ Status RankGroup::launch(const ForwardBatch& batch, ForwardOutput output, const 
     return failed_precondition("forward: this rank group samples on the host (kLogits)");
   if (!batch.previous_tokens.empty() && !accepts_previous_tokens())
     return invalid_argument("forward: previous tokens with pipeline stages");
+  // Checked here, once: a rank that refused the batch alone would leave the others waiting in a collective.
+  KILN_RETURN_IF_ERROR(ranks_[0]->model->validate(batch, ranks_[0]->kv->spec));
+  const int64_t last_rows = steps_.empty() ? last_rows_ : steps_.back()->rows;
+  const bool last_ids = steps_.empty() ? last_ids_ : steps_.back()->output != ForwardOutput::kLogits;
+  for (const auto& [t, row] : batch.previous_tokens)
+    if (t < 0 || t >= static_cast<int64_t>(batch.token_ids.size()) || row < 0 || row >= last_rows || !last_ids)
+      return invalid_argument("forward: a previous token refers to no id of the last forward");
+  if (output == ForwardOutput::kSample && (!sampling || sampling->rows.size() != batch.logit_rows.size()))
+    return invalid_argument("forward: sampling needs one SamplingRow per logit row");
   auto step = std::make_shared<Step>();
   step->output = output;
   step->rows = static_cast<int64_t>(batch.logit_rows.size());
@@ -171,6 +180,15 @@ Status RankGroup::launch(const ForwardBatch& batch, ForwardOutput output, const 
     step->parts.push_back({batch, {}});
     for (int32_t j = 0; j < static_cast<int32_t>(batch.logit_rows.size()); ++j) step->parts[0].rows.push_back(j);
   }
+  // The ranks read the batch after launch returns: it must not point into the caller's memory.
+  size_t num_seqs = 0;
+  for (const MicroBatch& p : step->parts) num_seqs += p.batch.attention.seqs.size();
+  step->block_tables.reserve(num_seqs);
+  for (MicroBatch& p : step->parts)
+    for (SequenceView& s : p.batch.attention.seqs) {
+      step->block_tables.emplace_back(s.block_table.begin(), s.block_table.end());
+      s.block_table = step->block_tables.back();
+    }
   if (sampling) {
     step->sampling_copy = *sampling;
     step->sampling = &step->sampling_copy;
@@ -204,6 +222,8 @@ Status RankGroup::collect(ForwardResult& out) {
   if (steps_.empty()) return failed_precondition("forward: collect without a queued forward");
   std::shared_ptr<Step> step = std::move(steps_.front());
   steps_.pop_front();
+  last_rows_ = step->rows;  // what the next launch's previous tokens may refer to, once nothing is queued
+  last_ids_ = step->output != ForwardOutput::kLogits;
   {
     std::unique_lock<std::mutex> lock(step->mu);
     step->cv.wait(lock, [&] { return step->remaining == 0; });

@@ -64,6 +64,8 @@ class RankGroup final : public ModelRunner {
   // One launch: what every rank runs, and what comes back.
   struct Step {
     std::vector<MicroBatch> parts;
+    std::vector<std::vector<int32_t>> block_tables;  // the parts' SequenceView::block_table point here, not into
+                                                     // the executor's tables, which change once launch returns
     ForwardOutput output = ForwardOutput::kLogits;
     const SamplingBatch* sampling = nullptr;  // pp == 1 only (one part); owned by `sampling_copy`
     SamplingBatch sampling_copy;
@@ -91,6 +93,8 @@ class RankGroup final : public ModelRunner {
   Communicators comms_;
   std::vector<std::pair<int32_t, int32_t>> pending_copies_;
   std::deque<std::shared_ptr<Step>> steps_;  // launched, not collected
+  int64_t last_rows_ = 0;                    // of the step collected last
+  bool last_ids_ = false;                    // it handed back ids (previous tokens may refer to them)
 };
 
 }  // namespace kiln

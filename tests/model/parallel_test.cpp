@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <thread>
 
@@ -276,6 +277,70 @@ TEST(ParallelOutputs, SamplingBeamsAndLogitsMatchOneRank) {
       worst = std::max(worst, static_cast<double>(std::fabs(got[2].context_logits[i] - want[2].context_logits[i])));
     EXPECT_LT(worst, 1e-3);
   }
+}
+
+// launch returns before the ranks run: the batch they read must be their own copy (the executor rewrites its
+// block tables as soon as launch returns).
+TEST(ParallelEngine, RanksDoNotReadTheCallersBatchAfterLaunch) {
+  test::TempDir tmp;
+  const std::string one = build_split(tmp, "llama", {1, 1}), four = build_split(tmp, "llama", {2, 2});
+  auto run = [&](const std::string& dir, bool scribble) {
+    auto group = load_model(dir);
+    EXPECT_TRUE(group.ok()) << group.status().to_string();
+    ModelRunner& m = *group->runner;
+    EXPECT_TRUE(m.create_kv_cache(16).ok());
+    std::vector<int32_t> table_a = {3, 4}, table_b = {7};
+    ForwardBatch b;
+    for (int32_t t = 0; t < 11; ++t) b.token_ids.push_back(5 + 3 * t);
+    b.attention.seqs = {SequenceView{0, 9, 9, table_a}, SequenceView{9, 2, 2, table_b}};
+    b.attention.num_tokens = 11;
+    b.attention.block_size = 8;
+    b.logit_rows = {8, 10};
+    EXPECT_TRUE(m.launch(b, ForwardOutput::kLogits, nullptr).ok());
+    if (scribble) {
+      std::fill(table_a.begin(), table_a.end(), 9999);
+      std::fill(table_b.begin(), table_b.end(), -5);
+      b.token_ids.assign(b.token_ids.size(), 999999);
+    }
+    ForwardResult out;
+    Status s = m.collect(out);
+    EXPECT_TRUE(s.ok()) << s.to_string();
+    return out.logits;
+  };
+  const std::vector<float> want = run(one, false), got = run(four, true);
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(want[i], got[i], 1e-4) << i;
+}
+
+// A batch the ranks would refuse is refused before any of them starts (one refusing alone would leave the others
+// waiting in a collective); the group keeps working.
+TEST(ParallelEngine, BadBatchesAreRefusedUpFrontAndTheGroupGoesOn) {
+  test::TempDir tmp;
+  auto group = load_model(build_split(tmp, "llama", {2, 2}));
+  ASSERT_TRUE(group.ok()) << group.status().to_string();
+  ModelRunner& m = *group->runner;
+  ASSERT_TRUE(m.create_kv_cache(4).ok());
+  std::vector<int32_t> table = {1};
+  ForwardBatch b;
+  b.token_ids = {1, 2, 3};
+  b.attention.seqs = {SequenceView{0, 3, 3, table}};
+  b.attention.num_tokens = 3;
+  b.attention.block_size = 8;
+  b.logit_rows = {2};
+  for (auto bad : std::vector<std::function<void(ForwardBatch&)>>{
+           [](ForwardBatch& x) { x.token_ids[1] = 1 << 20; },                  // outside the vocabulary
+           [&](ForwardBatch& x) { x.attention.seqs[0].block_table = std::span<const int32_t>(); },  // no blocks
+           [](ForwardBatch& x) { x.logit_rows = {7}; },                         // no such token
+           [](ForwardBatch& x) { x.previous_tokens = {{2, 0}}; },               // no forward before
+       }) {
+    ForwardBatch x = b;
+    bad(x);
+    EXPECT_EQ(m.launch(x, ForwardOutput::kArgmax, nullptr).code(), StatusCode::kInvalidArgument);
+  }
+  ASSERT_TRUE(m.launch(b, ForwardOutput::kArgmax, nullptr).ok());
+  ForwardResult out;
+  ASSERT_TRUE(m.collect(out).ok());
+  EXPECT_EQ(out.ids.size(), 1u);
 }
 
 TEST(ParallelEngine, BuildRefusesOtherSizesThanTheCheckpoints) {
