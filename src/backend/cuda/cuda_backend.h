@@ -90,6 +90,13 @@ class CudaBackend final : public Backend {
   Status use_tuning(const std::string& record) override;
 
   cudaStream_t stream() const { return stream_; }
+  int device() const { return device_; }
+  // Every forward launches its ops one by one from now on (no decode graphs): for ranks whose communicator
+  // cannot be recorded into a graph (cuda_communicators.h). Call between forwards.
+  void disable_graphs() {
+    graphs_enabled_ = false;
+    drop_graphs();
+  }
 
  private:
   CudaBackend(int device, cudaStream_t stream);
