@@ -39,7 +39,7 @@ engine() {  # name shape.json max_batch max_input max_seq
   if [[ ! -f $WORK/$name-engine/config.json ]]; then
     $K convert --random_weights --config "$shape" --dtype float16 --output_dir "$WORK/$name-ckpt" >/dev/null || return 1
     $K build --checkpoint_dir "$WORK/$name-ckpt" --output_dir "$WORK/$name-engine" --backend cuda \
-      --max_batch_size "$3" --max_input_len "$4" --max_seq_len "$5" --max_num_tokens 8192 >"$OUT/build_$name.log" 2>&1 \
+      --max_batch_size "$3" --max_input_len "$4" --max_seq_len "$5" --max_num_tokens "${6:-8192}" >"$OUT/build_$name.log" 2>&1 \
       || { tail -5 "$OUT/build_$name.log"; return 1; }
     grep "kiln tune" "$OUT/build_$name.log" | tail -1
     rm -rf "$WORK/$name-ckpt"
@@ -97,7 +97,10 @@ fi
 
 if [[ $what == llama || $what == all ]]; then
   t0=$(date +%s)
-  engine llama3 bench/shapes/llama-3-8b.shape.json 512 2048 4096 || echo "llama3 engine failed"
+  # MAX_NUM_TOKENS: tokens per forward of the engine (default 8192; another value builds its own engine).
+  MNT=${MAX_NUM_TOKENS:-8192}
+  L=llama3; [[ $MNT != 8192 ]] && L=llama3-mnt$MNT
+  engine $L bench/shapes/llama-3-8b.shape.json 512 2048 4096 "$MNT" || echo "llama3 engine failed"
   echo "llama3 engine ready in $(( $(date +%s) - t0 )) s"
   # TensorRT-LLM v0.14's published H100 FP16 lengths; in-flight batching at up to 512 sequences. Specs are
   # "input output requests concurrency", ';'-separated (LLAMA_SPECS picks some). 2048/128 takes 2048 requests:
@@ -105,10 +108,10 @@ if [[ $what == llama || $what == all ]]; then
   IFS=';' read -ra specs <<<"${LLAMA_SPECS:-128 128 2048 512;128 2048 512 512;2048 128 2048 256}"
   for spec in "${specs[@]}"; do
     set -- $spec
-    KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/llama3-engine" --input_len "$1" --output_len "$2" \
-      --num_requests "$3" --concurrency "$4" --warmup 16 --json >"$OUT/llama3_$1_$2.json" 2>"$OUT/llama3_$1_$2.err"
-    grep "timing" "$OUT/llama3_$1_$2.err"
-    python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print(sys.argv[2], 'requests', j['num_requests'], 'concurrency', j['concurrency'], 'out tok/s %.0f' % j['output_tokens_per_s'], 'ttft p50 %.1f ms' % j['ttft_ms']['p50'], 'itl p50 %.2f ms' % j['itl_ms']['p50'])" "$OUT/llama3_$1_$2.json" "llama3 $1/$2" || tail -3 "$OUT/llama3_$1_$2.err"
+    KILN_CUDA_TIMING=1 $K bench --engine_dir "$WORK/$L-engine" --input_len "$1" --output_len "$2" \
+      --num_requests "$3" --concurrency "$4" --warmup 16 --json >"$OUT/${L}_$1_$2.json" 2>"$OUT/${L}_$1_$2.err"
+    grep "timing\|KV cache" "$OUT/${L}_$1_$2.err"
+    python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print(sys.argv[2], 'requests', j['num_requests'], 'concurrency', j['concurrency'], 'out tok/s %.0f' % j['output_tokens_per_s'], 'ttft p50 %.1f ms' % j['ttft_ms']['p50'], 'itl p50 %.2f ms' % j['itl_ms']['p50'])" "$OUT/${L}_$1_$2.json" "$L $1/$2" || tail -3 "$OUT/${L}_$1_$2.err"
   done
 fi
 
