@@ -199,23 +199,47 @@ Status RankGroup::launch(const ForwardBatch& batch, ForwardOutput output, const 
   step->status.resize(ranks_.size());
   step->remaining = static_cast<int>(ranks_.size());
   for (size_t i = 0; i < ranks_.size(); ++i)
-    post(*ranks_[i], [this, i, step] { run_step(*ranks_[i], static_cast<int>(i), *step); });
+    post(*ranks_[i], [this, i, step] { run_step(*ranks_[i], static_cast<int>(i), step); });
   steps_.push_back(std::move(step));
   return {};
 }
 
-void RankGroup::run_step(Rank& r, int index, Step& step) {
-  Status st;
+void RankGroup::finish(Step& step, int index, Status st) {
+  std::lock_guard<std::mutex> lock(step.mu);
+  step.status[index] = std::move(st);
+  if (--step.remaining == 0) step.cv.notify_one();
+}
+
+void RankGroup::collect_oldest(Rank& r, int index) {
+  std::shared_ptr<Step> step = std::move(r.in_flight.front());
+  r.in_flight.pop_front();
+  ForwardResult res;
+  Status st = r.model->collect(res);
+  if (st.ok() && index == output_rank()) step->results[0] = std::move(res);
+  finish(*step, index, std::move(st));
+}
+
+void RankGroup::run_step(Rank& r, int index, const std::shared_ptr<Step>& step_ptr) {
+  Step& step = *step_ptr;
   if (!step.copies.empty()) r.backend->copy_kv_blocks(*r.kv, step.copies);
+  if (step.parts.size() == 1 && step.output != ForwardOutput::kLogits) {
+    // Ids stay on the device: the forward stays queued on this rank until the next one is (then it is collected,
+    // so that a GPU has the next step's work before this thread waits) or RankGroup::collect asks for it.
+    Status st = r.model->launch(step.parts[0].batch, *r.kv, step.output, step.sampling);
+    if (!st.ok()) return finish(step, index, std::move(st));
+    r.in_flight.push_back(step_ptr);
+    while (r.in_flight.size() > 1) collect_oldest(r, index);
+    return;
+  }
+  while (!r.in_flight.empty()) collect_oldest(r, index);
+  Status st;
   for (size_t m = 0; m < step.parts.size() && st.ok(); ++m) {
     st = r.model->launch(step.parts[m].batch, *r.kv, step.output, step.sampling);
     ForwardResult res;
     if (st.ok()) st = r.model->collect(res);
     if (st.ok() && index == output_rank()) step.results[m] = std::move(res);
   }
-  std::lock_guard<std::mutex> lock(step.mu);
-  step.status[index] = std::move(st);
-  if (--step.remaining == 0) step.cv.notify_one();
+  finish(step, index, std::move(st));
 }
 
 Status RankGroup::collect(ForwardResult& out) {
@@ -224,6 +248,13 @@ Status RankGroup::collect(ForwardResult& out) {
   steps_.pop_front();
   last_rows_ = step->rows;  // what the next launch's previous tokens may refer to, once nothing is queued
   last_ids_ = step->output != ForwardOutput::kLogits;
+  // Ranks that still hold it in flight (no later step was launched behind it) collect it now.
+  for (size_t i = 0; i < ranks_.size(); ++i)
+    post(*ranks_[i], [this, i, step] {
+      Rank& r = *ranks_[i];
+      while (std::find(r.in_flight.begin(), r.in_flight.end(), step) != r.in_flight.end())
+        collect_oldest(r, static_cast<int>(i));
+    });
   {
     std::unique_lock<std::mutex> lock(step->mu);
     step->cv.wait(lock, [&] { return step->remaining == 0; });

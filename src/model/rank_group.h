@@ -2,7 +2,9 @@
 // per rank, connected by the backend's communicators (host memory on the CPU, NCCL between GPUs). Every rank runs
 // every forward; the executor sees one model.
 //
-//   launch(batch) -> each rank's thread: [KV block copies] -> for each micro-batch: launch + collect
+//   launch(batch) -> each rank's thread: [KV block copies] -> for each micro-batch: launch + collect; a step of
+//                    one batch whose ids stay on the device stays in flight until the next step is launched
+//                    behind it (a GPU always has queued work while the host prepares the next step)
 //   collect()     -> waits for the oldest launched step; the logits / ids come from the last stage's tp rank 0
 //
 // With pipeline stages a batch is cut into micro-batches of whole sequences (micro_batches.h) that flow through
@@ -50,6 +52,7 @@ class RankGroup final : public ModelRunner {
   void set_micro_batches(int n) { micro_batches_ = std::max(1, n); }
 
  private:
+  struct Step;
   struct Rank {
     Engine engine;
     std::unique_ptr<Backend> backend;
@@ -60,6 +63,7 @@ class RankGroup final : public ModelRunner {
     std::condition_variable cv;
     std::deque<std::function<void()>> tasks;
     bool stop = false;
+    std::deque<std::shared_ptr<Step>> in_flight;  // launched on this rank, not collected (its thread only)
   };
   // One launch: what every rank runs, and what comes back.
   struct Step {
@@ -82,7 +86,9 @@ class RankGroup final : public ModelRunner {
   void serve(Rank& r);                                              // a rank's thread
   void post(Rank& r, std::function<void()> task);
   Status on_every_rank(const std::function<Status(Rank&)>& fn);     // runs fn on each rank's thread, waits
-  void run_step(Rank& r, int index, Step& step);
+  void run_step(Rank& r, int index, const std::shared_ptr<Step>& step);
+  void collect_oldest(Rank& r, int index);  // the rank's oldest forward in flight: collected, its step told
+  void finish(Step& step, int index, Status st);
   int output_rank() const { return (build_.pp_size - 1) * build_.tp_size; }
 
   ModelConfig config_;

@@ -181,7 +181,8 @@ std::string build_split(const test::TempDir& tmp, const std::string& model, Spli
 }
 
 // Every request at once on a fresh executor over `dir`; final responses in request order.
-std::vector<Response> run_all(const std::string& dir, const std::vector<Request>& reqs, bool overlap = true) {
+std::vector<Response> run_all(const std::string& dir, const std::vector<Request>& reqs, bool overlap = true,
+                              ExecutorStats* stats = nullptr) {
   auto loaded = load_model(dir);
   EXPECT_TRUE(loaded.ok()) << loaded.status().to_string();
   if (!loaded.ok()) return {};
@@ -199,6 +200,7 @@ std::vector<Response> run_all(const std::string& dir, const std::vector<Request>
     EXPECT_TRUE(r->error.ok()) << r->error.to_string();
     out.push_back(std::move(*r));
   }
+  if (stats) *stats = (*ex)->stats();
   return out;
 }
 
@@ -244,6 +246,16 @@ TEST_P(ParallelEquivalence, GreedyTokensAndLogProbsMatchOneRank) {
     SCOPED_TRACE(split_name(split));
     const std::string dir = build_split(tmp, model, split);
     expect_same(want, run_all(dir, reqs), 1e-4);
+    // Ids only (no log-probs): picked by argmax where the logits are, and without stages each step is launched
+    // before the previous one is collected, its picks as inputs.
+    std::vector<Request> ids_only = reqs;
+    for (Request& r : ids_only) r.output.return_log_probs = false;
+    ExecutorStats stats;
+    const std::vector<Response> got = run_all(dir, ids_only, true, &stats);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].output_ids, want[i].output_ids) << "request " << i;
+    if (split.pp == 1) EXPECT_GT(stats.launched_ahead, 0);
+    else EXPECT_EQ(stats.launched_ahead, 0);
     if (split.pp == 1) expect_same(want, run_all(dir, reqs, /*overlap=*/false), 1e-4);
     ++ran;
   }
