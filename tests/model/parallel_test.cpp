@@ -18,10 +18,17 @@
 #include "model/parallel_layout.h"
 #include "model/rank_group.h"
 #include "model/weight_names.h"
+#include "model/split_engines.h"
 #include "test_util.h"
 
 namespace kiln {
 namespace {
+
+using test::build_split;
+using test::run_all;
+using test::RunOptions;
+using test::Split;
+using test::split_name;
 
 ModelConfig fixture_config(const std::string& model) {
   auto j = read_json_file(test::data_path("models/" + model + "/config.json"));
@@ -153,70 +160,6 @@ TEST(MicroBatches, SplitsWholeSequencesAndMapsRowsBack) {
 
 // ---------------------------------------------------------------- whole engines: tp / pp == one rank
 
-struct Split {
-  int tp, pp;
-};
-
-std::string split_name(const Split& s) { return "tp" + std::to_string(s.tp) + "_pp" + std::to_string(s.pp); }
-
-// Converts and builds the fixture model for `split` into tmp/<split> (fp32, cpu).
-std::string build_split(const test::TempDir& tmp, const std::string& model, Split split, int64_t beams = 1) {
-  const std::string ckpt = tmp.sub(split_name(split) + "_ckpt"), engine = tmp.sub(split_name(split));
-  ConvertOptions o{.model_dir = test::data_path("models/" + model), .output_dir = ckpt, .tp_size = split.tp,
-                   .pp_size = split.pp};
-  Status s = convert_hf_checkpoint(o);
-  EXPECT_TRUE(s.ok()) << s.to_string();
-  BuildConfig b;
-  b.max_batch_size = 8;
-  b.max_input_len = 96;
-  b.max_seq_len = 96 + 24;
-  b.max_beam_width = beams;
-  b.tokens_per_block = 8;
-  b.max_num_tokens = 256;
-  b.tp_size = 0;  // as converted
-  b.pp_size = 0;
-  s = build_engine(ckpt, engine, b, nullptr);
-  EXPECT_TRUE(s.ok()) << s.to_string();
-  return engine;
-}
-
-// Every request at once on a fresh executor over `dir`; final responses in request order.
-std::vector<Response> run_all(const std::string& dir, const std::vector<Request>& reqs, bool overlap = true,
-                              ExecutorStats* stats = nullptr) {
-  auto loaded = load_model(dir);
-  EXPECT_TRUE(loaded.ok()) << loaded.status().to_string();
-  if (!loaded.ok()) return {};
-  ExecutorConfig config;
-  config.kv_cache.max_tokens = 4096;
-  config.overlap = overlap;
-  auto ex = Executor::create(*loaded->runner, config);
-  EXPECT_TRUE(ex.ok()) << ex.status().to_string();
-  std::vector<RequestId> ids;
-  for (const Request& r : reqs) ids.push_back(*(*ex)->enqueue(r));
-  std::vector<Response> out;
-  for (RequestId id : ids) {
-    auto r = (*ex)->await_final(id);
-    EXPECT_TRUE(r.ok()) << r.status().to_string();
-    EXPECT_TRUE(r->error.ok()) << r->error.to_string();
-    out.push_back(std::move(*r));
-  }
-  if (stats) *stats = (*ex)->stats();
-  return out;
-}
-
-std::vector<Request> prompts(int32_t vocab, int n) {
-  std::vector<Request> reqs;
-  for (int i = 0; i < n; ++i) {
-    Request r;
-    for (int k = 0; k < 9 + 13 * i; ++k) r.input_ids.push_back((37 * k + 101 * i + 5) % vocab);
-    r.max_new_tokens = 12 + i;
-    r.output.return_log_probs = true;
-    r.end_ids = std::vector<int32_t>{};  // the fixtures' EOS is arbitrary: run to the length
-    reqs.push_back(std::move(r));
-  }
-  return reqs;
-}
-
 void expect_same(const std::vector<Response>& want, const std::vector<Response>& got, double tol) {
   ASSERT_EQ(want.size(), got.size());
   for (size_t i = 0; i < want.size(); ++i) {
@@ -238,25 +181,25 @@ TEST_P(ParallelEquivalence, GreedyTokensAndLogProbsMatchOneRank) {
   const std::string model = GetParam();
   const ModelConfig c = fixture_config(model);
   test::TempDir tmp;
-  const std::vector<Request> reqs = prompts(static_cast<int32_t>(c.vocab_size), 5);
-  const std::vector<Response> want = run_all(build_split(tmp, model, {1, 1}), reqs);
+  const std::vector<Request> reqs = test::split_test_prompts(static_cast<int32_t>(c.vocab_size), 5);
+  const std::vector<Response> want = run_all(build_split(tmp, {.model = model}), reqs);
   int ran = 0;
   for (Split split : {Split{2, 1}, Split{1, 2}, Split{2, 2}}) {
     if (!check_parallel(c, split.tp, split.pp).ok()) continue;  // mistral: one KV head, pp only
     SCOPED_TRACE(split_name(split));
-    const std::string dir = build_split(tmp, model, split);
+    const std::string dir = build_split(tmp, {.model = model, .split = split});
     expect_same(want, run_all(dir, reqs), 1e-4);
     // Ids only (no log-probs): picked by argmax where the logits are, and without stages each step is launched
     // before the previous one is collected, its picks as inputs.
     std::vector<Request> ids_only = reqs;
     for (Request& r : ids_only) r.output.return_log_probs = false;
     ExecutorStats stats;
-    const std::vector<Response> got = run_all(dir, ids_only, true, &stats);
+    const std::vector<Response> got = run_all(dir, ids_only, {.stats = &stats});
     ASSERT_EQ(got.size(), want.size());
     for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].output_ids, want[i].output_ids) << "request " << i;
     if (split.pp == 1) EXPECT_GT(stats.launched_ahead, 0);
     else EXPECT_EQ(stats.launched_ahead, 0);
-    if (split.pp == 1) expect_same(want, run_all(dir, reqs, /*overlap=*/false), 1e-4);
+    if (split.pp == 1) expect_same(want, run_all(dir, reqs, {.overlap = false}), 1e-4);
     ++ran;
   }
   EXPECT_GE(ran, 1);
@@ -268,7 +211,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ParallelEquivalence, ::testing::Values("llama
 TEST(ParallelOutputs, SamplingBeamsAndLogitsMatchOneRank) {
   test::TempDir tmp;
   const ModelConfig c = fixture_config("qwen2");  // tied embeddings: each rank's LM head slice comes from them
-  std::vector<Request> reqs = prompts(static_cast<int32_t>(c.vocab_size), 3);
+  std::vector<Request> reqs = test::split_test_prompts(static_cast<int32_t>(c.vocab_size), 3);
   reqs[0].sampling.top_p = 0.9f;
   reqs[0].sampling.temperature = 0.8f;
   reqs[0].sampling.random_seed = 7;
@@ -276,10 +219,10 @@ TEST(ParallelOutputs, SamplingBeamsAndLogitsMatchOneRank) {
   reqs[1].output.return_log_probs = false;
   reqs[2].output.return_context_logits = true;
   reqs[2].output.return_generation_logits = true;
-  const std::vector<Response> want = run_all(build_split(tmp, "qwen2", {1, 1}, 2), reqs);
+  const std::vector<Response> want = run_all(build_split(tmp, {.model = "qwen2", .max_beam_width = 2}), reqs);
   for (Split split : {Split{2, 1}, Split{1, 2}, Split{2, 2}}) {
     SCOPED_TRACE(split_name(split));
-    const std::vector<Response> got = run_all(build_split(tmp, "qwen2", split, 2), reqs);
+    const std::vector<Response> got = run_all(build_split(tmp, {.model = "qwen2", .split = split, .max_beam_width = 2}), reqs);
     expect_same(want, got, 1e-4);
     ASSERT_EQ(got.size(), 3u);
     ASSERT_EQ(want[2].context_logits.size(), got[2].context_logits.size());
@@ -295,7 +238,7 @@ TEST(ParallelOutputs, SamplingBeamsAndLogitsMatchOneRank) {
 // block tables as soon as launch returns).
 TEST(ParallelEngine, RanksDoNotReadTheCallersBatchAfterLaunch) {
   test::TempDir tmp;
-  const std::string one = build_split(tmp, "llama", {1, 1}), four = build_split(tmp, "llama", {2, 2});
+  const std::string one = build_split(tmp, {.model = "llama"}), four = build_split(tmp, {.model = "llama", .split = {2, 2}});
   auto run = [&](const std::string& dir, bool scribble) {
     auto group = load_model(dir);
     EXPECT_TRUE(group.ok()) << group.status().to_string();
@@ -328,7 +271,7 @@ TEST(ParallelEngine, RanksDoNotReadTheCallersBatchAfterLaunch) {
 // waiting in a collective); the group keeps working.
 TEST(ParallelEngine, BadBatchesAreRefusedUpFrontAndTheGroupGoesOn) {
   test::TempDir tmp;
-  auto group = load_model(build_split(tmp, "llama", {2, 2}));
+  auto group = load_model(build_split(tmp, {.model = "llama", .split = {2, 2}}));
   ASSERT_TRUE(group.ok()) << group.status().to_string();
   ModelRunner& m = *group->runner;
   ASSERT_TRUE(m.create_kv_cache(4).ok());

@@ -26,6 +26,7 @@
 #include "model/loaded_model.h"
 #include "model/model_config.h"
 #include "model/parallel_layout.h"
+#include "model/split_engines.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -231,68 +232,16 @@ TEST(CudaRankGroup, NcclSingleRank) {
 
 // ---------------------------------------------------------------- whole engines: tp / pp == one rank
 
-struct Split {
-  int tp, pp;
-};
-
-std::string split_name(const Split& s) { return "tp" + std::to_string(s.tp) + "_pp" + std::to_string(s.pp); }
-
-std::string build_split(const test::TempDir& tmp, const std::string& model, DType dtype, Split split) {
-  const std::string ckpt = tmp.sub(split_name(split) + "_ckpt"), engine = tmp.sub(split_name(split));
-  ConvertOptions o{.model_dir = test::data_path("models/" + model), .output_dir = ckpt, .dtype = dtype,
-                   .tp_size = split.tp, .pp_size = split.pp};
-  Status s = convert_hf_checkpoint(o);
-  EXPECT_TRUE(s.ok()) << s.to_string();
-  BuildConfig b;
-  b.backend = "cuda";
-  b.max_batch_size = 8;
-  b.max_input_len = 64;
-  b.max_seq_len = 64 + 24;
-  b.tokens_per_block = 8;
-  b.max_num_tokens = 256;
-  b.tp_size = 0;  // as converted
-  b.pp_size = 0;
-  s = build_engine(ckpt, engine, b, nullptr);
-  EXPECT_TRUE(s.ok()) << s.to_string();
-  return engine;
-}
+using test::build_split;
+using test::run_all;
+using test::Split;
+using test::split_name;
 
 // Greedy requests with log-probs and context logits, of 9, 22 and 35 prompt tokens.
 std::vector<Request> prompts(int32_t vocab) {
-  std::vector<Request> reqs;
-  for (int i = 0; i < 3; ++i) {
-    Request r;
-    for (int k = 0; k < 9 + 13 * i; ++k) r.input_ids.push_back((37 * k + 101 * i + 5) % vocab);
-    r.max_new_tokens = 12 + i;
-    r.output.return_log_probs = true;
-    r.output.return_context_logits = true;
-    r.end_ids = std::vector<int32_t>{};  // the fixtures' EOS is arbitrary: run to the length
-    reqs.push_back(std::move(r));
-  }
+  std::vector<Request> reqs = test::split_test_prompts(vocab, 3);
+  for (Request& r : reqs) r.output.return_context_logits = true;
   return reqs;
-}
-
-// Every request at once on a fresh executor over `dir`; final responses in request order.
-std::vector<Response> run_all(const std::string& dir, const std::vector<Request>& reqs) {
-  auto loaded = load_model(dir);
-  EXPECT_TRUE(loaded.ok()) << loaded.status().to_string();
-  if (!loaded.ok()) return {};
-  ExecutorConfig config;
-  config.kv_cache.max_tokens = 2048;  // ranks sharing a GPU must not each take a fraction of all its memory
-  auto ex = Executor::create(*loaded->runner, config);
-  EXPECT_TRUE(ex.ok()) << ex.status().to_string();
-  if (!ex.ok()) return {};
-  std::vector<RequestId> ids;
-  for (const Request& r : reqs) ids.push_back(*(*ex)->enqueue(r));
-  std::vector<Response> out;
-  for (RequestId id : ids) {
-    auto r = (*ex)->await_final(id);
-    EXPECT_TRUE(r.ok()) << r.status().to_string();
-    if (!r.ok()) return {};
-    EXPECT_TRUE(r->error.ok()) << r->error.to_string();
-    out.push_back(std::move(*r));
-  }
-  return out;
 }
 
 int64_t argmax_of(const float* row, int64_t n) { return std::max_element(row, row + n) - row; }
@@ -388,7 +337,7 @@ TEST_P(CudaRankGroupTest, MatchesOneRank) {
   ASSERT_TRUE(c.ok()) << c.status().to_string();
   test::TempDir tmp;
   const std::vector<Request> reqs = prompts(static_cast<int32_t>(c->vocab_size));
-  const std::string one_rank = build_split(tmp, ec.model, ec.dtype, {1, 1});
+  const std::string one_rank = build_split(tmp, {.model = ec.model, .dtype = ec.dtype, .backend = "cuda", .max_input_len = 64});
   const std::vector<Response> want = run_all(one_rank, reqs);
   ASSERT_EQ(want.size(), reqs.size());
   std::vector<Request> with_logits = reqs;  // the reference's margins (host sampling: the same tokens)
@@ -402,7 +351,7 @@ TEST_P(CudaRankGroupTest, MatchesOneRank) {
     if (!check_parallel(*c, split.tp, split.pp).ok()) continue;  // mistral: one KV head, pp only
     SCOPED_TRACE(split_name(split));
     std::printf("  %s %s %s\n", ec.model.c_str(), dtype_name(ec.dtype), split_name(split).c_str());
-    const std::vector<Response> got = run_all(build_split(tmp, ec.model, ec.dtype, split), reqs);
+    const std::vector<Response> got = run_all(build_split(tmp, {.model = ec.model, .split = split, .dtype = ec.dtype, .backend = "cuda", .max_input_len = 64}), reqs);
     expect_same(want, got, c->vocab_size, ec.dtype == DType::kF32, gaps);
     ++ran;
   }
