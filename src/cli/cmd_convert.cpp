@@ -31,8 +31,9 @@ int cmd_convert(const std::vector<std::string>& argv) {
         if (a.has(other)) return invalid_argument(std::string("--gguf replaces --") + other);
       KILN_ASSIGN_OR_RETURN(int64_t tp, a.get_int("tp_size", 1));
       KILN_ASSIGN_OR_RETURN(int64_t pp, a.get_int("pp_size", 1));
-      if (tp != 1 || pp != 1) return unimplemented("--tp_size/--pp_size other than 1 are not implemented for --gguf yet");
       GgufConvertOptions g;
+      g.tp_size = static_cast<int>(tp);
+      g.pp_size = static_cast<int>(pp);
       g.gguf_path = *gguf;
       KILN_ASSIGN_OR_RETURN(g.output_dir, a.require("output_dir"));
       if (auto d = a.get("dtype")) {

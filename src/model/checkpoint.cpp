@@ -209,7 +209,9 @@ Status write_checkpoint(const std::string& output_dir, const CheckpointInfo& c, 
   } else {
     // One file per rank, each with that rank's part of every tensor it holds (sharding.h).
     if (!c.quantized.empty())
-      return unimplemented("block-quantized checkpoints are single-rank; convert with --dtype float16 to split them");
+      return unimplemented("block-quantized weights (" + std::to_string(c.quantized.size()) +
+                           " tensors) are single-rank: give --dtype float16 (or bfloat16, float32) to dequantize "
+                           "them, then they split over --tp_size/--pp_size");
     KILN_RETURN_IF_ERROR(check_parallel(c.model, c.tp_size, c.pp_size));
     std::vector<WholeTensor> whole;
     for (const SafetensorsTensorToWrite& t : tensors) whole.push_back({t.name, t.dtype, t.shape, t.data});

@@ -251,9 +251,12 @@ Status convert_gguf(const GgufConvertOptions& o) {
     return invalid_argument(o.gguf_path + ": the tokenizer has " + std::to_string(tok.tokens.size()) +
                             " tokens but the embedding only " + std::to_string(config.vocab_size) + " rows");
 
+  KILN_RETURN_IF_ERROR(check_parallel(config, o.tp_size, o.pp_size));
   CheckpointInfo info;
   info.model = config;
   info.dtype = o.dtype.value_or(default_float_dtype(f));
+  info.tp_size = o.tp_size;
+  info.pp_size = o.pp_size;
   const bool llama_rope_order = arch == "llama";
   std::vector<HostBuffer> buffers;
   std::vector<SafetensorsTensorToWrite> out;

@@ -24,6 +24,10 @@ struct GgufConvertOptions {
   std::string gguf_path;
   std::string output_dir;
   std::optional<DType> dtype;  // set: dequantize every weight to this float type
+  // Split over ranks (checkpoint.h's ConvertOptions); float weights only: with block-quantized tensors kept,
+  // give `dtype` to dequantize them first.
+  int tp_size = 1;
+  int pp_size = 1;
 };
 
 Status convert_gguf(const GgufConvertOptions& options);

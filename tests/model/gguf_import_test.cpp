@@ -11,6 +11,7 @@
 #include "golden_check.h"
 #include "model/checkpoint.h"
 #include "model/gguf_import.h"
+#include "model/split_engines.h"
 
 namespace kiln {
 namespace {
@@ -38,6 +39,34 @@ TEST(GgufImport, Qwen2F32MatchesTransformers) {
   test::TempDir tmp;
   const std::string engine = gguf_engine(tmp, "qwen2_f32.gguf", std::nullopt, "q");
   test::check_engine_against_goldens(engine, test::data_path("models/qwen2"), /*exact=*/true);
+}
+
+// A GGUF file split over ranks (2 x 2) runs as the single-rank engine does; kept block-quantized weights cannot
+// be split (dequantize them with a dtype).
+TEST(GgufImport, SplitsOverRanksWithFloatWeights) {
+  test::TempDir tmp;
+  const std::string one = gguf_engine(tmp, "qwen2_f32.gguf", std::nullopt, "one");
+  GgufConvertOptions o{.gguf_path = test::data_path("gguf/qwen2_f32.gguf"), .output_dir = tmp.sub("four-ckpt"),
+                       .tp_size = 2, .pp_size = 2};
+  ASSERT_TRUE(convert_gguf(o).ok());
+  BuildConfig b = test::golden_build_config();
+  b.tp_size = 0;
+  b.pp_size = 0;
+  ASSERT_TRUE(build_engine(tmp.sub("four-ckpt"), tmp.sub("four-engine"), b, nullptr).ok());
+  const std::vector<Request> reqs = test::split_test_prompts(512, 1);
+  const std::vector<Response> want = test::run_all(one, reqs), got = test::run_all(tmp.sub("four-engine"), reqs);
+  ASSERT_EQ(want.size(), 1u);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].output_ids, want[0].output_ids);
+  for (size_t t = 0; t < want[0].output_log_probs[0].size(); ++t)
+    EXPECT_NEAR(got[0].output_log_probs[0][t], want[0].output_log_probs[0][t], 1e-4);
+
+  o = {.gguf_path = test::data_path("gguf/qwen3_q4_1.gguf"), .output_dir = tmp.sub("q-ckpt"), .tp_size = 2};
+  Status s = convert_gguf(o);
+  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("--dtype float16"), std::string::npos) << s.message();
+  o.dtype = DType::kF32;
+  EXPECT_TRUE(convert_gguf(o).ok());
 }
 
 TEST(GgufImport, QuantizedTensorsStayQuantized) {
