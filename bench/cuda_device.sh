@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # On the GPU device machine, from the repo root with dist/ carried (bench/cuda_bundle.sh made it):
-#   bash bench/cuda_device.sh [tests|linear|phi3|llama|profile|hf|all] ...   (several run in turn)
+#   bash bench/cuda_device.sh [tests|linear|phi3|llama|profile|hf|tp|all] ...   (several run in turn)
 # tests: the CUDA backend's tests (op parity with the CPU backend, every fixture's Hugging Face goldens on
 #        the GPU); phi3: Phi-3-mini shape fp16 (random weights) batch-1 decode and 1024-token TTFT;
 # llama: Llama-3-8B shape fp16 offline throughput at TensorRT-LLM's published lengths;
 # linear: cuBLASLt vs gemv.cu on the linear layers of both shapes; hf: transformers on the same shapes;
 # profile: per-kernel GPU times (ncu) of a Phi-3-mini 1024-token prefill and its decode steps;
-# splits: the decode attention's split cost model swept (kernel times and Phi-3-mini decode).
+# splits: the decode attention's split cost model swept (kernel times and Phi-3-mini decode);
+# tp: Llama-3-8B shape at tp=2 on two GPUs against one (needs a machine with two GPUs, e.g. nvidia-h200-x2).
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,10 +35,11 @@ if [[ $what == linear || $what == all ]]; then
 fi
 
 # Random-weight engine of a shape (fp16), built for the GPU.
-engine() {  # name shape.json max_batch max_input max_seq
+engine() {  # name shape.json max_batch max_input max_seq [max_num_tokens] [tp_size]
   local name=$1 shape=$2
   if [[ ! -f $WORK/$name-engine/config.json ]]; then
-    $K convert --random_weights --config "$shape" --dtype float16 --output_dir "$WORK/$name-ckpt" >/dev/null || return 1
+    $K convert --random_weights --config "$shape" --dtype float16 --output_dir "$WORK/$name-ckpt" \
+      --tp_size "${7:-1}" >/dev/null || return 1
     $K build --checkpoint_dir "$WORK/$name-ckpt" --output_dir "$WORK/$name-engine" --backend cuda \
       --max_batch_size "$3" --max_input_len "$4" --max_seq_len "$5" --max_num_tokens "${6:-8192}" >"$OUT/build_$name.log" 2>&1 \
       || { tail -5 "$OUT/build_$name.log"; return 1; }
@@ -113,6 +115,30 @@ if [[ $what == llama || $what == all ]]; then
     grep "timing\|KV cache" "$OUT/${L}_$1_$2.err"
     python3 -c "import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print(sys.argv[2], 'requests', j['num_requests'], 'concurrency', j['concurrency'], 'out tok/s %.0f' % j['output_tokens_per_s'], 'ttft p50 %.1f ms' % j['ttft_ms']['p50'], 'itl p50 %.2f ms' % j['itl_ms']['p50'])" "$OUT/${L}_$1_$2.json" "$L $1/$2" || tail -3 "$OUT/${L}_$1_$2.err"
   done
+fi
+
+# Tensor parallelism on two GPUs (the parallelism issue): Llama-3-8B shape fp16, batch-1 decode at tp=2 against
+# one GPU (target >= 1.7x) and offline 128/128 at tp=2. NCCL_NVLS_ENABLE=0 is set by kiln itself.
+if [[ $what == tp ]]; then
+  n=$(nvidia-smi -L | wc -l)
+  if (( n < 2 )); then
+    echo "tp: needs 2 GPUs, this machine has $n"
+  else
+    engine llama3 bench/shapes/llama-3-8b.shape.json 512 2048 4096 || echo "llama3 engine failed"
+    engine llama3-tp2 bench/shapes/llama-3-8b.shape.json 512 2048 4096 8192 2 || echo "llama3 tp2 engine failed"
+    for L in llama3 llama3-tp2; do
+      for graphs in 0 1; do  # NCCL inside decode graphs is off unless KILN_NCCL_GRAPHS=1
+        KILN_NCCL_GRAPHS=$graphs $K bench --engine_dir "$WORK/$L-engine" --input_len 128 --output_len 256 \
+          --num_requests 3 --concurrency 1 --warmup 1 --json 2>"$OUT/${L}_b1_g$graphs.err" | tail -1 \
+          | python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print('$L b1 nccl_graphs=$graphs: decode %.1f tok/s, itl p50 %.3f ms' % (j['decode_tokens_per_s_per_request']['p50'], j['itl_ms']['p50']))" \
+          || tail -3 "$OUT/${L}_b1_g$graphs.err"
+      done
+    done
+    $K bench --engine_dir "$WORK/llama3-tp2-engine" --input_len 128 --output_len 128 --num_requests 2048 \
+      --concurrency 512 --warmup 16 --json 2>"$OUT/llama3-tp2_128_128.err" | tail -1 \
+      | python3 -c "import json,sys; j=json.loads(sys.stdin.read()); print('llama3-tp2 128/128: out tok/s %.0f' % j['output_tokens_per_s'])" \
+      || tail -3 "$OUT/llama3-tp2_128_128.err"
+  fi
 fi
 
 # The decode attention's split cost model (KILN_ATTN_SPLIT_COSTS="cta,combine" in keys): kernel times of the
