@@ -143,6 +143,9 @@ class Backend {
   // Bytes the KV cache may draw from (kv_cache_free_gpu_mem_fraction is of this): device memory still free
   // on a GPU, available host memory on the CPU.
   virtual uint64_t free_memory() const = 0;
+  // Which memory free_memory() is of: backends with the same id share it (the CPU's: the host; a GPU's: its
+  // device), so that ranks of one engine sharing a memory split it instead of each taking a fraction of all of it.
+  virtual int memory_id() const { return -1; }
 
   // --- memory
   virtual Result<DeviceBuffer> allocate(size_t bytes) = 0;

@@ -22,7 +22,7 @@ class ModelRunner {
   virtual int num_ranks() const = 0;
 
   // The KV cache gets the same number of blocks on every rank: a block's bytes on the rank that holds the most,
-  // and the memory free on the rank with the least (ranks sharing one memory, as the CPU's, split it).
+  // and the memory free on the rank with the least (ranks sharing one memory split it: Backend::memory_id).
   virtual uint64_t kv_bytes_per_block() const = 0;
   virtual uint64_t free_memory() = 0;
   // Every rank's activation workspace for the largest step the build allows (LlamaModel::reserve_workspace).

@@ -1,6 +1,8 @@
 #include "model/rank_group.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <map>
 
 #include "backend/backend_factory.h"
 
@@ -116,13 +118,16 @@ uint64_t RankGroup::kv_bytes_per_block() const {
 
 uint64_t RankGroup::free_memory() {
   std::vector<uint64_t> free(ranks_.size());
-  Status s = on_every_rank([&](Rank& r) -> Status {
+  (void)on_every_rank([&](Rank& r) -> Status {
     free[r.engine.layout.rank()] = r.backend->free_memory();
     return {};
   });
-  const uint64_t least = *std::min_element(free.begin(), free.end());
-  // The CPU's ranks share the host's memory.
-  return build_.backend == "cpu" ? least / ranks_.size() : least;
+  // Ranks whose backends share a memory (the CPU's ranks the host's, ranks on one GPU its memory) split it.
+  std::map<int, uint64_t> sharing;
+  for (const auto& r : ranks_) ++sharing[r->backend->memory_id()];
+  uint64_t least = UINT64_MAX;
+  for (size_t i = 0; i < ranks_.size(); ++i) least = std::min(least, free[i] / sharing[ranks_[i]->backend->memory_id()]);
+  return least;
 }
 
 Status RankGroup::reserve_workspace() {

@@ -36,6 +36,7 @@ class CudaBackend final : public Backend {
   std::string name() const override { return "cuda"; }
   DType activation_dtype(DType weights) const override { return weights; }
   uint64_t free_memory() const override;
+  int memory_id() const override { return device_; }
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)".
   std::string device_description() const;
 
